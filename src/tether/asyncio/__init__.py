@@ -1,0 +1,16 @@
+"""The asyncio layer: server, client and connection over the sans-I/O core."""
+
+from .client import ClientConnection, connect, unix_connect
+from .connection import Connection
+from .server import Server, ServerConnection, serve, unix_serve
+
+__all__ = [
+    "ClientConnection",
+    "Connection",
+    "Server",
+    "ServerConnection",
+    "connect",
+    "serve",
+    "unix_connect",
+    "unix_serve",
+]

@@ -1,0 +1,614 @@
+"""The asyncio driver of a WebSocket connection: an :class:`asyncio.Protocol` over the core.
+
+Received messages go straight from the core's deque to :meth:`Connection.recv`: a
+message already buffered is returned without creating a future, and a ``recv`` that
+is cancelled (``asyncio.wait_for`` timing out) loses nothing because a message leaves
+the deque only when it is returned. Reading stops when ``max_queue`` messages are
+buffered and resumes when the user has read them down to a quarter of that.
+Sending writes to the transport at once and waits only when the transport's buffer
+is above ``write_limit`` (backpressure). Timers (open, close, keepalive) are loop
+callbacks, not tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
+from typing import Any
+
+from ..exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+)
+from ..protocol.connection import Ping, Pong, Protocol, Side, State
+from ..protocol.frames import Close
+from ..protocol.http import Request, Response
+
+__all__ = ["Connection", "Data"]
+
+Data = str | bytes
+OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
+_DEBUG = logging.DEBUG
+_OPCODE_NAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
+
+
+class Connection(asyncio.Protocol):
+    """One WebSocket connection, server or client side.
+
+    Users get it as the argument of a server's handler or from ``connect()``; the
+    methods they call are :meth:`recv`, :meth:`send`, :meth:`ping`, :meth:`close`,
+    :meth:`wait_closed` and ``async for message in connection``.
+    """
+
+    side: Side
+    #: the core state machine, created when the opening handshake succeeds
+    protocol: Protocol
+    request: Request | None
+    response: Response | None
+
+    def __init__(
+        self,
+        *,
+        max_size: int | None = 2**20,
+        max_queue: int | None = 16,
+        write_limit: int = 2**15,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.id = uuid.uuid4()
+        if logger is None:
+            logger = logging.getLogger(
+                "tether.server" if self.side is Side.SERVER else "tether.client"
+            )
+        self.logger = logger
+        self.max_size = max_size
+        self.max_queue = max_queue
+        self.write_limit = write_limit
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.request = None
+        self.response = None
+        self.subprotocol: str | None = None
+        #: round-trip time of the last ping answered, in seconds
+        self.latency: float = 0.0
+        self.transport: asyncio.Transport | None = None
+        self._open = False
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._paused_writing = False
+        self._paused_reading = False
+        self._fragmenting: asyncio.Future[None] | None = None
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._keepalive_handle: asyncio.TimerHandle | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
+        self._lost_exc: BaseException | None = None
+        self.connection_lost_waiter: asyncio.Future[None] = self.loop.create_future()
+        self._debug = self.logger.isEnabledFor(_DEBUG)
+
+    # ------------------------------------------------------------ public attributes
+
+    @property
+    def state(self) -> State:
+        """CONNECTING, OPEN, CLOSING or CLOSED."""
+        if not self._open:
+            return State.CLOSED if self.connection_lost_waiter.done() else State.CONNECTING
+        if self.connection_lost_waiter.done():
+            return State.CLOSED
+        return self.protocol.state
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's address, as the socket gives it (``(host, port)`` for TCP)."""
+        return self.transport.get_extra_info("peername") if self.transport else None
+
+    @property
+    def local_address(self) -> Any:
+        """This side's address, as the socket gives it."""
+        return self.transport.get_extra_info("sockname") if self.transport else None
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the close frame received; 1006 if the TCP connection was lost
+        without one; ``None`` while the connection is open."""
+        if not self._open:
+            return 1006 if self.connection_lost_waiter.done() else None
+        rcvd = self.protocol.close_rcvd
+        if rcvd is not None:
+            return rcvd.code
+        if self.connection_lost_waiter.done():
+            return 1006
+        return None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the close frame received (see :attr:`close_code`)."""
+        if not self._open:
+            return "" if self.connection_lost_waiter.done() else None
+        rcvd = self.protocol.close_rcvd
+        if rcvd is not None:
+            return rcvd.reason
+        return "" if self.connection_lost_waiter.done() else None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.state.name}>"
+
+    # ---------------------------------------------------------- asyncio.Protocol API
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called by asyncio when the TCP (or TLS, or Unix) connection is up."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(self.write_limit, self.write_limit // 4)
+
+    def _open_protocol(self, trailing: bytes) -> None:
+        """Switch to the WebSocket protocol after a successful handshake."""
+        tracer = self._trace if self._debug else None
+        self.protocol = Protocol(
+            self.side, max_size=self.max_size, codec=self._codec(), tracer=tracer
+        )
+        self._open = True
+        if self._debug:
+            self.logger.debug("[%s] = connection is OPEN", self.id)
+        if self.ping_interval is not None:
+            self._keepalive_handle = self.loop.call_later(self.ping_interval, self._keepalive)
+        if trailing:
+            self.data_received(trailing)
+
+    def _codec(self) -> Any:
+        return None
+
+    def _trace(self, direction: str, opcode: int, fin: bool, length: int, head: bytes) -> None:
+        name = _OPCODE_NAMES.get(opcode, hex(opcode))
+        self.logger.debug(
+            "[%s] %s %s%s %d bytes %r", self.id, direction, name, "" if fin else " (fin=0)",
+            length, head[:32],
+        )
+
+    def data_received(self, data: bytes) -> None:
+        """Called by asyncio with bytes from the network."""
+        protocol = self.protocol
+        protocol.receive_data(data)
+        if protocol.events:
+            self._handle_events()
+        messages = protocol.messages
+        if messages:
+            waiter = self._recv_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            max_queue = self.max_queue
+            if max_queue is not None and len(messages) >= max_queue and not self._paused_reading:
+                self._paused_reading = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+        if protocol._out or protocol._stopped:
+            self._after_protocol_change()
+
+    def _handle_events(self) -> None:
+        events = self.protocol.events
+        self.protocol.events = []
+        for event in events:
+            if type(event) is Pong:
+                self._pong_received(event.data)
+            elif type(event) is Close:
+                if self._debug:
+                    self.logger.debug(
+                        "[%s] < close frame received: code %d reason %r; state CLOSING",
+                        self.id, event.code, event.reason,
+                    )
+                waiter = self._recv_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            else:
+                assert type(event) is Ping
+
+    def _after_protocol_change(self) -> None:
+        """Write what the core queued, and close the TCP connection when it is time."""
+        protocol = self.protocol
+        transport = self.transport
+        assert transport is not None
+        out = protocol.data_to_send()
+        if out and not transport.is_closing():
+            transport.write(b"".join(out))
+        if protocol.exc is not None and self._debug:
+            self.logger.debug("[%s] ! failing the connection: %s", self.id, protocol.exc)
+        if protocol.close_sent is not None:
+            self._closing_started()
+
+    def _closing_started(self) -> None:
+        """The closing handshake has begun: arm the close timeout; half-close if due."""
+        protocol = self.protocol
+        transport = self.transport
+        assert transport is not None
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        if protocol.close_expected() and not transport.is_closing():
+            if self._debug:
+                self.logger.debug("[%s] x half-closing the TCP connection", self.id)
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        if self._close_handle is None and not transport.is_closing():
+            # Don't wait forever for the peer's close frame or its end of the TCP
+            # connection (RFC 6455 7.1.1).
+            timeout = self.close_timeout
+            if timeout is not None:
+                self._close_handle = self.loop.call_later(timeout, self._close_timed_out)
+        if self._paused_reading:
+            # Keep reading to see the close frame and the end of the connection.
+            self._paused_reading = False
+            transport.resume_reading()
+
+    def _close_timed_out(self) -> None:
+        self._close_handle = None
+        if self.transport is not None and not self.transport.is_closing():
+            if self._debug:
+                self.logger.debug("[%s] x close timeout: aborting the TCP connection", self.id)
+            self.transport.abort()
+        elif self.transport is not None:
+            self.transport.abort()
+
+    def eof_received(self) -> bool | None:
+        """Called by asyncio when the peer half-closes: the connection is over."""
+        if self._debug:
+            self.logger.debug("[%s] < EOF received", self.id)
+        if self._open:
+            self.protocol.receive_eof()
+        return None  # asyncio closes the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Called by asyncio when the TCP connection is closed."""
+        self._lost_exc = exc
+        if self._debug:
+            how = "cleanly" if exc is None else f"with error {exc!r}"
+            rcvd = self.protocol.close_rcvd if self._open else None
+            sent = self.protocol.close_sent if self._open else None
+            self.logger.debug(
+                "[%s] = connection CLOSED %s; close frame received: %s; sent: %s",
+                self.id, how,
+                f"{rcvd.code} {rcvd.reason!r}" if rcvd else "none (1006)",
+                f"{sent.code} {sent.reason!r}" if sent else "none",
+            )
+        if self._open:
+            self.protocol.state = State.CLOSED
+        for handle in (self._keepalive_handle, self._close_handle):
+            if handle is not None:
+                handle.cancel()
+        self._keepalive_handle = self._close_handle = None
+        if not self.connection_lost_waiter.done():
+            self.connection_lost_waiter.set_result(None)
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._pings:
+            closed = self._closed_exc()
+            for fut, _ in self._pings.values():
+                if not fut.done():
+                    fut.set_exception(closed)
+                    # Don't warn "exception never retrieved" for pings nobody awaits.
+                    fut.exception()
+            self._pings.clear()
+
+    def pause_writing(self) -> None:
+        """Called by asyncio when the write buffer is above ``write_limit``."""
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        """Called by asyncio when the write buffer has drained below the low mark."""
+        self._paused_writing = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --------------------------------------------------------------------- receiving
+
+    async def recv(self, decode: bool | None = None) -> Data:
+        """Return the next message: ``str`` for a text frame, ``bytes`` for binary.
+
+        ``decode=False`` returns text messages as UTF-8 ``bytes``; ``decode=True``
+        returns binary messages decoded as UTF-8 ``str``. Raises
+        :class:`ConnectionClosedOK` / :class:`ConnectionClosedError` once the
+        connection is closed and every message received before was returned.
+        Cancelling ``recv`` (for example with :func:`asyncio.wait_for`) loses no
+        message.
+        """
+        while True:
+            if not self._open:
+                raise InvalidState("the opening handshake is not complete")
+            messages = self.protocol.messages
+            if messages:
+                message = messages.popleft()
+                if self._paused_reading and len(messages) <= (self.max_queue or 0) // 4:
+                    self._resume_reading()
+                if decode is None:
+                    return message
+                if decode and type(message) is bytes:
+                    return message.decode("utf-8")
+                if not decode and type(message) is str:
+                    return message.encode("utf-8")
+                return message
+            if self.protocol._stopped or self.connection_lost_waiter.done():
+                # No message will come any more: the connection is closing or closed.
+                await self._wait_for_close()
+                raise self._closed_exc()
+            if self._recv_waiter is not None:
+                raise RuntimeError(
+                    "cannot call recv while another coroutine is already running recv; "
+                    "read from one task and hand messages to others"
+                )
+            self._recv_waiter = self.loop.create_future()
+            try:
+                await self._recv_waiter
+            finally:
+                self._recv_waiter = None
+
+    def _resume_reading(self) -> None:
+        self._paused_reading = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def _wait_for_close(self) -> None:
+        """Wait until the TCP connection is closed (bounded by the close timeout)."""
+        if not self.connection_lost_waiter.done():
+            await asyncio.shield(self.connection_lost_waiter)
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Data]:
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    def _closed_exc(self) -> ConnectionClosed:
+        """The exception that tells how the connection was closed."""
+        if not self._open:
+            return ConnectionClosedError(1006, "")
+        protocol = self.protocol
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        code = rcvd.code if rcvd is not None else 1006
+        reason = rcvd.reason if rcvd is not None else ""
+        ok = rcvd is not None and sent is not None and (
+            rcvd.code in OK_CLOSE_CODES and sent.code in OK_CLOSE_CODES
+        )
+        cls = ConnectionClosedOK if ok else ConnectionClosedError
+        exc = cls(
+            code, reason,
+            sent_code=sent.code if sent is not None else None,
+            sent_reason=sent.reason if sent is not None else "",
+            rcvd_then_sent=protocol.close_rcvd_then_sent,
+        )
+        if protocol.exc is not None:
+            exc.__cause__ = protocol.exc
+        elif self._lost_exc is not None:
+            exc.__cause__ = self._lost_exc
+        return exc
+
+    # ----------------------------------------------------------------------- sending
+
+    async def send(
+        self,
+        message: Data | bytearray | memoryview | Iterable[Data] | AsyncIterable[Data],
+    ) -> None:
+        """Send a message: ``str`` as text, bytes-like as binary.
+
+        An iterable or async iterable of ``str`` (or of bytes-like) is sent as one
+        fragmented message, a frame per item. Waits while more than ``write_limit``
+        bytes are buffered. Raises :class:`ConnectionClosed` once the connection is
+        closing.
+        """
+        while self._fragmenting is not None:
+            await asyncio.shield(self._fragmenting)
+        if not self._open or self.protocol.state is not State.OPEN:
+            await self._raise_closed()
+        if isinstance(message, (str, bytes, bytearray, memoryview)):
+            data = self.protocol.send_message(message)
+            assert self.transport is not None
+            self.transport.write(data)
+            if self._paused_writing:
+                await self._drain()
+            return
+        if isinstance(message, Mapping):
+            raise TypeError("message must be str, bytes-like, or an iterable of them, not a dict")
+        if isinstance(message, AsyncIterable):
+            await self._send_fragments_async(message)
+        elif isinstance(message, Iterable):
+            await self._send_fragments(message)
+        else:
+            raise TypeError(
+                f"message must be str, bytes-like, or an iterable of them, not "
+                f"{type(message).__name__}"
+            )
+
+    async def _raise_closed(self) -> None:
+        if not self._open:
+            raise InvalidState("the opening handshake is not complete")
+        await self._wait_for_close()
+        raise self._closed_exc()
+
+    async def _send_fragments(self, fragments: Iterable[Data]) -> None:
+        self._fragmenting = self.loop.create_future()
+        try:
+            previous: Data | None = None
+            for fragment in fragments:
+                if previous is not None:
+                    await self._send_frame(previous, False)
+                previous = fragment
+            if previous is not None:
+                await self._send_frame(previous, True)
+        finally:
+            self._end_fragmenting()
+
+    async def _send_fragments_async(self, fragments: AsyncIterable[Data]) -> None:
+        self._fragmenting = self.loop.create_future()
+        try:
+            previous: Data | None = None
+            async for fragment in fragments:
+                if previous is not None:
+                    await self._send_frame(previous, False)
+                previous = fragment
+            if previous is not None:
+                await self._send_frame(previous, True)
+        finally:
+            self._end_fragmenting()
+
+    def _end_fragmenting(self) -> None:
+        fut, self._fragmenting = self._fragmenting, None
+        if self._open and self.protocol._send_opcode and self.protocol.state is State.OPEN:
+            # The iterable raised (or we were cancelled) mid-message: the message can't
+            # be finished, and no other message may start. Close with 1011.
+            self.protocol._send_opcode = 0
+            self._send_close_frame(1011, "error while sending a fragmented message")
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _send_frame(self, fragment: Data, fin: bool) -> None:
+        if not isinstance(fragment, (str, bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"fragments must be str or bytes-like, not {type(fragment).__name__}"
+            )
+        if self.protocol.state is not State.OPEN:
+            await self._raise_closed()
+        data = self.protocol.send_fragment(fragment, fin)
+        assert self.transport is not None
+        self.transport.write(data)
+        if self._paused_writing:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        while self._paused_writing and not self.connection_lost_waiter.done():
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = self.loop.create_future()
+            await asyncio.shield(self._drain_waiter)
+        if self.connection_lost_waiter.done():
+            raise self._closed_exc()
+
+    # ----------------------------------------------------------------- ping and pong
+
+    async def ping(self, data: str | bytes | None = None) -> Awaitable[float]:
+        """Send a ping; return an awaitable of the round-trip time in seconds.
+
+        ``data`` (up to 125 bytes) defaults to 4 random bytes. Pongs answer pings
+        automatically; a pong also acknowledges every earlier ping.
+        """
+        if not self._open or self.protocol.state is not State.OPEN:
+            await self._raise_closed()
+        payload = data.encode() if isinstance(data, str) else data
+        if payload is None:
+            payload = os.urandom(4)
+            while payload in self._pings:
+                payload = os.urandom(4)
+        elif payload in self._pings:
+            raise ValueError("a ping with the same data is already waiting for its pong")
+        fut: asyncio.Future[float] = self.loop.create_future()
+        frame = self.protocol.send_ping(payload)
+        self._pings[payload] = (fut, self.loop.time())
+        assert self.transport is not None
+        self.transport.write(frame)
+        if self._paused_writing:
+            await self._drain()
+        return fut
+
+    async def pong(self, data: str | bytes = b"") -> None:
+        """Send an unsolicited pong (a unidirectional heartbeat)."""
+        if not self._open or self.protocol.state is not State.OPEN:
+            await self._raise_closed()
+        payload = data.encode() if isinstance(data, str) else data
+        assert self.transport is not None
+        self.transport.write(self.protocol.send_pong(payload))
+
+    def _pong_received(self, data: bytes) -> None:
+        pings = self._pings
+        if data not in pings:
+            return
+        now = self.loop.time()
+        # Acknowledge this ping and every ping sent before it.
+        for key in list(pings):
+            fut, sent_at = pings.pop(key)
+            if not fut.done():
+                fut.set_result(now - sent_at)
+            if key == data:
+                self.latency = now - sent_at
+                break
+
+    def _keepalive(self) -> None:
+        self._keepalive_handle = None
+        if not self._open or self.protocol.state is not State.OPEN:
+            return
+        payload = os.urandom(4)
+        fut: asyncio.Future[float] = self.loop.create_future()
+        self._pings[payload] = (fut, self.loop.time())
+        assert self.transport is not None
+        self.transport.write(self.protocol.send_ping(payload))
+        if self._debug:
+            self.logger.debug("[%s] % sent keepalive ping", self.id)
+        if self.ping_timeout is not None:
+            timeout = self.loop.call_later(self.ping_timeout, self._keepalive_timed_out, fut)
+            fut.add_done_callback(lambda _: timeout.cancel())
+        fut.add_done_callback(self._keepalive_answered)
+
+    def _keepalive_answered(self, fut: asyncio.Future[float]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        if self.ping_interval is not None and self.protocol.state is State.OPEN:
+            delay = max(self.ping_interval - fut.result(), 0)
+            self._keepalive_handle = self.loop.call_later(delay, self._keepalive)
+
+    def _keepalive_timed_out(self, fut: asyncio.Future[float]) -> None:
+        if fut.done() or self.protocol.state is not State.OPEN:
+            return
+        self.logger.info(
+            "[%s] no pong within ping_timeout=%ss: closing with 1011", self.id, self.ping_timeout
+        )
+        self._send_close_frame(1011, "keepalive ping timeout")
+
+    # ----------------------------------------------------------------------- closing
+
+    def _send_close_frame(self, code: int, reason: str) -> None:
+        data = self.protocol.send_close(code, reason)
+        if self._debug:
+            self.logger.debug("[%s] > closing with code %d %r; state CLOSING", self.id, code,
+                              reason)
+        assert self.transport is not None
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+        self._closing_started()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection: send a close frame, wait for the peer's and for the
+        TCP connection to end (at most ``close_timeout``). Idempotent."""
+        Close(code, reason).check()
+        if not self._open:
+            if self.transport is not None:
+                self.transport.close()
+            await self._wait_for_close()
+            return
+        if self.protocol.state is State.OPEN and not self.connection_lost_waiter.done():
+            if self._fragmenting is not None:
+                # A fragmented message is being sent; it can't be finished now.
+                self.protocol._send_opcode = 0
+            self._send_close_frame(code, reason)
+        await self._wait_for_close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+        await asyncio.shield(self.connection_lost_waiter)
+
+    def respond(self, status: int, text: str = "") -> Response:
+        """Build a plain-text HTTP :class:`Response` for ``process_request``."""
+        return Response.text(status, text)

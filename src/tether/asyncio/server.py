@@ -1,0 +1,418 @@
+"""The asyncio WebSocket server: :func:`serve`, :func:`unix_serve` and :class:`Server`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from types import TracebackType
+from typing import Any
+
+from ..exceptions import InvalidHandshake, InvalidMessage
+from ..protocol.connection import Side
+from ..protocol.deflate import Deflate, ServerNegotiator, compression_settings
+from ..protocol.handshake import ServerHandshake
+from ..protocol.http import Request, Response
+from .connection import Connection
+
+__all__ = ["Server", "ServerConnection", "serve", "unix_serve"]
+
+Handler = Callable[["ServerConnection"], Awaitable[Any]]
+ProcessRequest = Callable[
+    ["ServerConnection", Request], "Response | None | Awaitable[Response | None]"
+]
+ProcessResponse = Callable[
+    ["ServerConnection", Request, Response], "Response | None | Awaitable[Response | None]"
+]
+SelectSubprotocol = Callable[["ServerConnection", Sequence[str]], "str | None"]
+
+
+class ServerConnection(Connection):
+    """The server side of a WebSocket connection; the argument of the handler."""
+
+    side = Side.SERVER
+
+    def __init__(self, server: Server, **options: Any) -> None:
+        super().__init__(**options)
+        self.server = server
+        self._handshake = ServerHandshake(
+            origins=server.origins,
+            subprotocols=server.subprotocols,
+            select_subprotocol=(
+                None if server.select_subprotocol is None
+                else self._select_subprotocol
+            ),
+            extensions=(
+                None if server.compression is None else ServerNegotiator(server.compression)
+            ),
+        )
+        self._request_waiter: asyncio.Future[Request] = self.loop.create_future()
+        self._open_handle: asyncio.TimerHandle | None = None
+        self._codec_state: Any = None
+        self.handler_task: asyncio.Task[None] | None = None
+
+    def _select_subprotocol(self, offered: Sequence[str]) -> str | None:
+        assert self.server.select_subprotocol is not None
+        return self.server.select_subprotocol(self, offered)
+
+    def _codec(self) -> Any:
+        return self._handshake.extension_state
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the handshake: wait for the request, with ``open_timeout``."""
+        super().connection_made(transport)
+        self.server._connections.add(self)
+        if self.server.open_timeout is not None:
+            self._open_handle = self.loop.call_later(
+                self.server.open_timeout, self._open_timed_out
+            )
+        task = self.handler_task = self.loop.create_task(self._run())
+        self.server._handlers.add(task)
+        task.add_done_callback(self.server._handlers.discard)
+
+    def _open_timed_out(self) -> None:
+        self._open_handle = None
+        if not self._open and self.transport is not None:
+            self.logger.info("[%s] opening handshake timed out; closing", self.id)
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        """Handshake phase: feed the request parser (replaced once open)."""
+        if self._request_waiter.done():
+            # Bytes after the request head: h11 keeps them as trailing data.
+            self._handshake._h11.receive_data(data)
+            return
+        try:
+            request = self._handshake.receive_data(data)
+        except InvalidMessage as exc:
+            self.logger.info("[%s] invalid opening handshake request: %s", self.id, exc)
+            assert self.transport is not None
+            response = self._handshake.reject(exc.status, f"{exc}\n")
+            self.transport.write(self._handshake.send_response(response))
+            self.transport.close()
+            self._request_waiter.set_exception(exc)
+            return
+        if request is not None:
+            self._request_waiter.set_result(request)
+
+    def eof_received(self) -> bool | None:
+        """The client closed its side; before the handshake that ends everything."""
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection; fail a pending handshake."""
+        self.server._connections.discard(self)
+        if self._open_handle is not None:
+            self._open_handle.cancel()
+        if not self._request_waiter.done():
+            self._request_waiter.set_exception(
+                ConnectionError("connection closed before the opening handshake completed")
+            )
+        super().connection_lost(exc)
+
+    async def _run(self) -> None:
+        try:
+            if not await self._handshake_phase():
+                return
+        except asyncio.CancelledError:
+            if self.transport is not None:
+                self.transport.abort()
+            raise
+        try:
+            await self.server.handler(self)
+        except asyncio.CancelledError:
+            await self._close_quietly(1001, "")
+            raise
+        except Exception:
+            self.logger.error("[%s] connection handler failed", self.id, exc_info=True)
+            await self._close_quietly(1011, "")
+        else:
+            await self._close_quietly(1000, "")
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
+        try:
+            await self.close(code, reason)
+        except Exception:  # pragma: no cover - close() swallows connection errors
+            self.logger.debug("[%s] error while closing", self.id, exc_info=True)
+
+    async def _handshake_phase(self) -> bool:
+        """Run the opening handshake; return True when the connection is open."""
+        server = self.server
+        transport = self.transport
+        assert transport is not None
+        try:
+            request = await self._request_waiter
+        except (InvalidMessage, ConnectionError):
+            return False
+        self.request = request
+        response: Response | None = None
+        try:
+            if server.process_request is not None:
+                result = server.process_request(self, request)
+                response = await result if inspect.isawaitable(result) else result
+            if response is None:
+                response = self._handshake.accept(request)
+            if server.process_response is not None:
+                result = server.process_response(self, request, response)
+                replaced = await result if inspect.isawaitable(result) else result
+                if replaced is not None:
+                    response = replaced
+        except Exception:
+            self.logger.error("[%s] opening handshake failed", self.id, exc_info=True)
+            response = self._handshake.reject(500, "Failed to open a WebSocket connection.\n")
+        self.response = response
+        if transport.is_closing():
+            return False
+        try:
+            data = self._handshake.send_response(response)
+        except InvalidHandshake as exc:
+            self.logger.error("[%s] %s", self.id, exc)
+            response = self._handshake.reject(500, "Failed to open a WebSocket connection.\n")
+            self.response = response
+            data = self._handshake.send_response(response)
+        transport.write(data)
+        if self._open_handle is not None:
+            self._open_handle.cancel()
+            self._open_handle = None
+        if response.status != 101:
+            if self._handshake.exc is not None:
+                self.logger.info(
+                    "[%s] opening handshake refused (%d): %s", self.id, response.status,
+                    self._handshake.exc,
+                )
+            transport.close()
+            return False
+        self.subprotocol = self._handshake.subprotocol
+        self.logger.info("[%s] connection open: %s", self.id, request.path)
+        # From now on bytes go straight to the protocol core.
+        self.data_received = super().data_received  # type: ignore[method-assign]
+        self._open_protocol(self._handshake.trailing_data)
+        return True
+
+
+class Server:
+    """A WebSocket server: listens, runs a handler per connection, closes gracefully.
+
+    Create one with :func:`serve` or :func:`unix_serve`.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        origins: Sequence[str | None] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        select_subprotocol: SelectSubprotocol | None = None,
+        compression: str | Deflate | None = "deflate",
+        process_request: ProcessRequest | None = None,
+        process_response: ProcessResponse | None = None,
+        open_timeout: float | None = 10,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        max_size: int | None = 2**20,
+        max_queue: int | None = 16,
+        write_limit: int = 2**15,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.origins = origins
+        self.subprotocols = subprotocols
+        self.select_subprotocol = select_subprotocol
+        self.compression = compression_settings(compression)
+        self.process_request = process_request
+        self.process_response = process_response
+        self.open_timeout = open_timeout
+        self.logger = logger or logging.getLogger("tether.server")
+        self._connection_options: dict[str, Any] = {
+            "max_size": max_size,
+            "max_queue": max_queue,
+            "write_limit": write_limit,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "close_timeout": close_timeout,
+            "logger": logger,
+        }
+        self._connections: set[ServerConnection] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._closed_waiter: asyncio.Future[None] | None = None
+
+    def _factory(self) -> ServerConnection:
+        return ServerConnection(self, **self._connection_options)
+
+    def _attach(self, server: asyncio.Server) -> None:
+        self._server = server
+        self._closed_waiter = asyncio.get_running_loop().create_future()
+        for sock in server.sockets:
+            self.logger.info("server listening on %s", _format_address(sock))
+
+    @property
+    def connections(self) -> set[ServerConnection]:
+        """The open connections (the opening handshake completed, not closed yet)."""
+        return {c for c in self._connections if c._open}
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets."""
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The bound port of the first listening socket."""
+        for sock in self.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(sock.getsockname()[1])
+        raise RuntimeError("the server has no TCP socket")
+
+    def is_serving(self) -> bool:
+        """Tell whether the server accepts new connections."""
+        return self._server is not None and self._server.is_serving()
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called (or the task is cancelled)."""
+        assert self._closed_waiter is not None, "the server is not started"
+        await asyncio.shield(self._closed_waiter)
+
+    def close(self, close_connections: bool = True) -> None:
+        """Stop accepting connections; close open ones with 1001 (going away).
+
+        With ``close_connections=False``, open connections are left to end on their
+        own. :meth:`wait_closed` waits until everything is done.
+        """
+        if self._closing is None and self._server is not None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(close_connections)
+            )
+
+    async def _close(self, close_connections: bool) -> None:
+        assert self._server is not None and self._closed_waiter is not None
+        self.logger.info("server closing")
+        self._server.close()
+        if close_connections:
+            pending = [c for c in self._connections if not c._open and c.transport]
+            for conn in pending:
+                # Handshake not complete: nothing to close gracefully.
+                assert conn.transport is not None
+                conn.transport.abort()
+            closing = [c.close(1001, "server shutting down") for c in list(self._connections)
+                       if c._open]
+            if closing:
+                await asyncio.gather(*closing, return_exceptions=True)
+        handlers = {t for t in self._handlers if not t.done()}
+        if handlers:
+            await asyncio.wait(handlers)
+        await self._server.wait_closed()
+        if not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+        self.logger.info("server closed")
+
+    async def wait_closed(self) -> None:
+        """Wait until the server and every connection handler are done."""
+        if self._closing is None:
+            assert self._closed_waiter is not None, "the server is not started"
+            await asyncio.shield(self._closed_waiter)
+        else:
+            await asyncio.shield(self._closing)
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+def _format_address(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    if sock.family == socket.AF_INET:
+        return f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+class serve:
+    """Start a WebSocket server: ``await serve(...)`` or ``async with serve(...) as server``.
+
+    ``handler(connection)`` runs for each connection; when it returns the connection
+    is closed with 1000, when it raises with 1011. Options: see :class:`Server`.
+    Keyword arguments it does not know are passed to :meth:`loop.create_server`
+    (``ssl``, ``sock``, ``reuse_port``, ``backlog``...). Port 0 picks a free port.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str | Sequence[str] | None = None,
+        port: int | None = None,
+        *,
+        origins: Sequence[str | None] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        select_subprotocol: SelectSubprotocol | None = None,
+        compression: str | Deflate | None = "deflate",
+        process_request: ProcessRequest | None = None,
+        process_response: ProcessResponse | None = None,
+        open_timeout: float | None = 10,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        max_size: int | None = 2**20,
+        max_queue: int | None = 16,
+        write_limit: int = 2**15,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.server = Server(
+            handler, origins=origins, subprotocols=subprotocols,
+            select_subprotocol=select_subprotocol, compression=compression,
+            process_request=process_request, process_response=process_response,
+            open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            close_timeout=close_timeout, max_size=max_size, max_queue=max_queue,
+            write_limit=write_limit, logger=logger,
+        )
+        self._host = host
+        self._port = port
+        self._kwargs = kwargs
+
+    async def _create(self) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(self.server._factory, self._host, self._port,
+                                        **self._kwargs)
+
+    async def _start(self) -> Server:
+        server = await self._create()
+        assert isinstance(server, asyncio.Server)
+        self.server._attach(server)
+        return self.server
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Server:
+        return await self._start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class unix_serve(serve):
+    """:func:`serve` on a Unix socket at ``path``."""
+
+    def __init__(self, handler: Handler, path: str | None = None, **options: Any) -> None:
+        super().__init__(handler, None, None, **options)
+        self._path = path
+
+    async def _create(self) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        return await loop.create_unix_server(self.server._factory, self._path, **self._kwargs)

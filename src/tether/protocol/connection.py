@@ -1,0 +1,600 @@
+"""The RFC 6455 data-transfer and closing state machine, sans I/O.
+
+Strategy: :meth:`Protocol.receive_data` is fed whatever bytes arrive. It parses every
+complete frame in them at once (the hot path: one header parse on the buffer, one
+unmask of the whole payload, one UTF-8 decode) and appends the resulting events to
+:attr:`Protocol.events`. A data frame whose payload is still incomplete is consumed
+piece by piece instead of being buffered whole, so that invalid UTF-8 is detected as
+soon as it arrives (fail fast) and ``max_size`` is enforced from the frame header,
+before any payload is stored. Control frames (at most 125 bytes) are always parsed
+whole.
+
+The core does what the RFC requires by itself: it answers pings with pongs and close
+frames with close frames, queueing those bytes for :meth:`Protocol.data_to_send`.
+Feeding it bytes never raises: a peer's violation fails the connection (a close frame
+with the right code is queued and :attr:`Protocol.exc` keeps the reason). Sending
+methods return the bytes to write; they raise only for local misuse.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import os
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol as TypingProtocol
+
+from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
+from .frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+    apply_mask,
+    build_header,
+)
+
+__all__ = [
+    "Codec",
+    "Ping",
+    "Pong",
+    "Protocol",
+    "Side",
+    "State",
+]
+
+_unpack_u16 = struct.Struct("!H").unpack_from
+_unpack_u64 = struct.Struct("!Q").unpack_from
+_urandom = os.urandom
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class Side(enum.IntEnum):
+    """Which end of the connection this is."""
+
+    SERVER = 0
+    CLIENT = 1
+
+
+class State(enum.IntEnum):
+    """Connection state, with the names of RFC 6455."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class Ping:
+    """Event: a ping was received (the pong is already queued)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Ping({self.data!r})"
+
+
+class Pong:
+    """Event: a pong was received."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Pong({self.data!r})"
+
+
+Event = Ping | Pong | Close
+"""What :attr:`Protocol.events` holds: the control frames received."""
+
+
+class Codec(TypingProtocol):
+    """A per-message extension codec (permessage-deflate) negotiated for a connection.
+
+    ``decode`` is called with successive pieces of a message's payload that arrived with
+    RSV1 set; it returns the decoded bytes so far and raises :class:`ProtocolError` (or
+    :class:`PayloadTooBig` when more than ``max_length`` bytes would come out).
+    """
+
+    def decode(self, data: bytes, final: bool, max_length: int | None) -> bytes: ...
+
+    def encode(self, data: bytes, final: bool) -> bytes: ...
+
+    def should_compress(self, size: int) -> bool: ...
+
+
+Tracer = Callable[[str, int, bool, int, bytes], None]
+"""``tracer(direction, opcode, fin, length, head)``: called for each frame in/out."""
+
+
+class Protocol:
+    """WebSocket connection state machine for one side, in the OPEN state at creation.
+
+    ``max_size`` bounds each whole message (after decompression); ``None`` disables it.
+    ``codec`` is the negotiated permessage-deflate codec, if any.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_codec",
+        "_decoder",
+        "_fail_msg",
+        "_frame_fin",
+        "_frame_left",
+        "_frame_mask",
+        "_mask_out",
+        "_masked_in",
+        "_msg_compressed",
+        "_msg_opcode",
+        "_msg_parts",
+        "_msg_size",
+        "_out",
+        "_send_opcode",
+        "_stopped",
+        "close_rcvd",
+        "close_rcvd_then_sent",
+        "close_sent",
+        "eof_rcvd",
+        "events",
+        "exc",
+        "max_size",
+        "messages",
+        "side",
+        "state",
+        "tracer",
+    )
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_size: int | None = 2**20,
+        codec: Codec | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.side = side
+        self.state = State.OPEN
+        self.max_size = max_size
+        self.tracer = tracer
+        self._codec = codec
+        # RFC 6455 5.1: a client masks all frames it sends, a server none.
+        self._mask_out = side is Side.CLIENT
+        self._masked_in = side is Side.SERVER
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        #: messages received, in order: ``str`` for text, ``bytes`` for binary. The
+        #: driver pops them from the left; the core only appends.
+        self.messages: deque[str | bytes] = deque()
+        #: control frames received (pings, pongs, close), for the driver
+        self.events: list[Event] = []
+        #: the protocol error that made this side fail the connection, if any
+        self.exc: ProtocolError | None = None
+        self._fail_msg = ""
+        self.close_rcvd: Close | None = None
+        self.close_sent: Close | None = None
+        self.close_rcvd_then_sent: bool | None = None
+        self.eof_rcvd = False
+        # True once no more input is parsed (close received, or connection failed).
+        self._stopped = False
+        # Message being reassembled: opcode (0 if none), parts, size so far.
+        self._msg_opcode = 0
+        self._msg_parts: list[bytes] | list[str] = []
+        self._msg_size = 0
+        self._msg_compressed = False
+        self._decoder: codecs.IncrementalDecoder | None = None
+        # Data frame being consumed piece by piece: bytes left, mask (rotated), fin.
+        self._frame_left = 0
+        self._frame_mask: bytes | None = None
+        self._frame_fin = False
+        # Opcode of the fragmented message being sent (0 if none).
+        self._send_opcode = 0
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes received from the network.
+
+        Messages go to :attr:`messages`, control frames to :attr:`events`, bytes the
+        protocol must send in answer (pongs, close frames) to :meth:`data_to_send`.
+        """
+        if self._stopped:
+            return
+        buf = self._buf
+        buf += data
+        if self._frame_left:
+            self._continue_frame()
+            if self._stopped or self._frame_left:
+                return
+        pos = 0
+        end = len(buf)
+        masked_in = self._masked_in
+        while end - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            hlen = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                (length,) = _unpack_u16(buf, pos + 2)
+                hlen = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                (length,) = _unpack_u64(buf, pos + 2)
+                hlen = 10
+            if b1 & 0x80:
+                if not masked_in:
+                    # RFC 6455 5.1: "A client MUST close a connection if it detects
+                    # a masked frame."
+                    return self._fail(1002, "received a masked frame from the server")
+                hlen += 4
+            elif masked_in:
+                # RFC 6455 5.1: "The server MUST close the connection upon
+                # receiving a frame that is not masked."
+                return self._fail(1002, "received an unmasked frame from the client")
+            opcode = b0 & 0x0F
+            if b0 & 0x70 and not self._check_rsv(b0, opcode):
+                return
+            fin = b0 & 0x80
+            if opcode >= 8:
+                if not self._check_control(opcode, fin, length):
+                    return
+                if end - pos < hlen + length:
+                    break
+                payload = bytes(buf[pos + hlen : pos + hlen + length])
+                if masked_in:
+                    payload = apply_mask(payload, bytes(buf[pos + hlen - 4 : pos + hlen]))
+                pos += hlen + length
+                if self.tracer is not None:
+                    self.tracer("<", opcode, True, length, payload[:64])
+                self._handle_control(opcode, payload)
+                if self._stopped:
+                    break
+                continue
+            if not self._check_data(opcode, length, bool(b0 & 0x40)):
+                return
+            if end - pos < hlen + length:
+                if end - pos < hlen:
+                    break
+                # Incomplete payload: consume what is there, keep the rest of the frame
+                # state, so UTF-8 errors surface now and nothing big is buffered twice.
+                mask = bytes(buf[pos + hlen - 4 : pos + hlen]) if masked_in else None
+                self._start_partial(opcode, bool(fin), bool(b0 & 0x40), length, mask)
+                del buf[: pos + hlen]
+                self._continue_frame()
+                return
+            payload = bytes(buf[pos + hlen : pos + hlen + length])
+            if masked_in:
+                payload = apply_mask(payload, bytes(buf[pos + hlen - 4 : pos + hlen]))
+            pos += hlen + length
+            if self.tracer is not None:
+                self.tracer("<", opcode, bool(fin), length, payload[:64])
+            if opcode and fin and not b0 & 0x40:
+                # Hot path: a whole unfragmented uncompressed message.
+                if opcode == OP_TEXT:
+                    try:
+                        self.messages.append(payload.decode("utf-8"))
+                    except UnicodeDecodeError as exc:
+                        self._fail(1007, f"invalid UTF-8 in text message: {exc.reason}")
+                        break
+                else:
+                    self.messages.append(payload)
+                continue
+            if opcode:
+                self._msg_opcode = opcode
+                self._msg_compressed = bool(b0 & 0x40)
+            self._message_data(payload, bool(fin))
+            if self._stopped:
+                break
+        if self._stopped:
+            buf.clear()
+        elif pos:
+            del buf[:pos]
+
+    def receive_eof(self) -> None:
+        """Signal that the peer closed its side of the TCP connection."""
+        self.eof_rcvd = True
+        self.state = State.CLOSED
+        self._stopped = True
+        self._buf.clear()
+
+    def data_to_send(self) -> list[bytes]:
+        """Return and forget the bytes the protocol wants written (pongs, close frames)."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def close_expected(self) -> bool:
+        """Tell whether this side should now close (half-close) the TCP connection.
+
+        RFC 6455 7.1.1: the server closes the TCP connection first once the closing
+        handshake is done; either side closes it after failing the connection. A
+        client otherwise waits for the server to close, with a timeout.
+        """
+        if self.exc is not None and self.close_sent is not None:
+            return True
+        if self.close_rcvd is None or self.close_sent is None:
+            return False
+        return self.side is Side.SERVER
+
+    def _check_rsv(self, b0: int, opcode: int) -> bool:
+        if b0 & 0x30:
+            self._fail(1002, "RSV2 or RSV3 bit set without a negotiated extension")
+            return False
+        if self._codec is None:
+            self._fail(1002, "RSV1 bit set but no extension was negotiated")
+            return False
+        # RFC 7692 6: RSV1 marks the first frame of a compressed message only.
+        if opcode >= 8 or opcode == OP_CONT:
+            self._fail(1002, "RSV1 bit set on a control or continuation frame")
+            return False
+        return True
+
+    def _check_control(self, opcode: int, fin: int, length: int) -> bool:
+        if opcode > OP_PONG:
+            self._fail(1002, f"reserved opcode {opcode:#x}")
+            return False
+        # RFC 6455 5.5: "All control frames MUST have a payload length of 125 bytes
+        # or less and MUST NOT be fragmented."
+        if length > 125:
+            self._fail(1002, "control frame payload longer than 125 bytes")
+            return False
+        if not fin:
+            self._fail(1002, "fragmented control frame")
+            return False
+        return True
+
+    def _check_data(self, opcode: int, length: int, rsv1: bool) -> bool:
+        if opcode > OP_BINARY:
+            self._fail(1002, f"reserved opcode {opcode:#x}")
+            return False
+        if opcode == OP_CONT:
+            if not self._msg_opcode:
+                self._fail(1002, "continuation frame without a message to continue")
+                return False
+        elif self._msg_opcode:
+            self._fail(1002, "new data frame while a fragmented message is unfinished")
+            return False
+        max_size = self.max_size
+        if max_size is not None and not (rsv1 or self._msg_compressed and opcode == OP_CONT):
+            size = (self._msg_size if opcode == OP_CONT else 0) + length
+            if size > max_size:
+                self._fail(
+                    1009,
+                    f"message of {size:,} bytes or more exceeds max_size={max_size:,}; "
+                    "raise max_size or send smaller messages",
+                )
+                return False
+        return True
+
+    def _start_partial(
+        self, opcode: int, fin: bool, rsv1: bool, length: int, mask: bytes | None
+    ) -> None:
+        if opcode:
+            self._msg_opcode = opcode
+            self._msg_compressed = rsv1
+        self._frame_left = length
+        self._frame_mask = mask
+        self._frame_fin = fin
+        if self.tracer is not None:
+            self.tracer("<", opcode, fin, length, b"")
+
+    def _continue_frame(self) -> None:
+        """Consume the buffered part of a data frame whose payload is incomplete."""
+        buf = self._buf
+        n = min(len(buf), self._frame_left)
+        if n == 0:
+            return
+        chunk = bytes(buf[:n])
+        del buf[:n]
+        mask = self._frame_mask
+        if mask is not None:
+            chunk = apply_mask(chunk, mask)
+            r = n & 3
+            if r:
+                self._frame_mask = mask[r:] + mask[:r]
+        self._frame_left -= n
+        self._message_data(chunk, self._frame_fin and not self._frame_left)
+
+    def _message_data(self, data: bytes, final: bool) -> None:
+        """Add a piece of the current message's payload; deliver it when ``final``."""
+        max_size = self.max_size
+        if self._msg_compressed:
+            codec = self._codec
+            assert codec is not None
+            limit = None if max_size is None else max_size - self._msg_size
+            try:
+                data = codec.decode(data, final, limit)
+            except ProtocolError as exc:
+                self._fail(exc.code, str(exc))
+                return
+            self._msg_size += len(data)
+        else:
+            self._msg_size += len(data)
+        parts = self._msg_parts
+        if self._msg_opcode == OP_TEXT:
+            decoder = self._decoder
+            if decoder is None:
+                if final and not parts:
+                    try:
+                        text = data.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        self._fail(1007, f"invalid UTF-8 in text message: {exc.reason}")
+                        return
+                    self._deliver(text)
+                    return
+                decoder = self._decoder = _Utf8Decoder()
+            try:
+                piece = decoder.decode(data, final)
+            except UnicodeDecodeError as exc:
+                self._fail(1007, f"invalid UTF-8 in text message: {exc.reason}")
+                return
+            if piece:
+                parts.append(piece)  # type: ignore[arg-type]
+            if final:
+                self._decoder = None
+                self._deliver("".join(parts))  # type: ignore[arg-type]
+        else:
+            if data:
+                parts.append(data)  # type: ignore[arg-type]
+            if final:
+                self._deliver(b"".join(parts))  # type: ignore[arg-type]
+
+    def _deliver(self, message: str | bytes) -> None:
+        self.messages.append(message)
+        self._msg_opcode = 0
+        self._msg_parts = []
+        self._msg_size = 0
+        self._msg_compressed = False
+
+    def _handle_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            self.events.append(Ping(payload))
+            # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
+            # Pong frame in response, unless it already received a Close frame."
+            if self.close_sent is None:
+                self._out.append(self._frame(OP_PONG, payload, True))
+        elif opcode == OP_PONG:
+            self.events.append(Pong(payload))
+        else:
+            self._receive_close(payload)
+
+    def _receive_close(self, payload: bytes) -> None:
+        try:
+            close = Close.parse(payload)
+        except ProtocolError as exc:
+            self._fail(exc.code, str(exc))
+            return
+        self.close_rcvd = close
+        self._stopped = True
+        self.state = State.CLOSING
+        self.events.append(close)
+        if self.close_sent is None:
+            # RFC 6455 5.5.1: reply with a close frame, "typically echoing the status
+            # code it received".
+            self.close_rcvd_then_sent = True
+            self._queue_close(Close(close.code, ""))
+        elif self.close_rcvd_then_sent is None:
+            self.close_rcvd_then_sent = False
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame, stop reading."""
+        self.exc = PayloadTooBig(reason) if code == 1009 else ProtocolError(reason, code)
+        self._stopped = True
+        self._buf.clear()
+        self._msg_parts = []
+        if self.close_sent is None and self.state is State.OPEN:
+            # The reason on the wire is capped at 123 bytes (RFC 6455 5.5).
+            wire_reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+            self._queue_close(Close(code, wire_reason))
+        self.state = State.CLOSING
+
+    def _queue_close(self, close: Close) -> None:
+        self.close_sent = close
+        self.state = State.CLOSING
+        self._out.append(self._frame(OP_CLOSE, close.serialize(), True))
+
+    # -------------------------------------------------------------------- sending
+
+    def _frame(self, opcode: int, payload: bytes, fin: bool, rsv1: bool = False) -> bytes:
+        if self.tracer is not None:
+            self.tracer(">", opcode, fin, len(payload), payload[:64])
+        if self._mask_out:
+            key = _urandom(4)
+            return build_header(opcode, len(payload), fin, rsv1, key) + apply_mask(payload, key)
+        return build_header(opcode, len(payload), fin, rsv1) + payload
+
+    def _check_can_send(self) -> None:
+        if self.state is not State.OPEN:
+            raise InvalidState(
+                f"cannot send a message: the connection is {self.state.name}"
+            )
+
+    def send_message(self, message: str | bytes | bytearray | memoryview) -> bytes:
+        """Return the frame(s) for a whole message: ``str`` is text, bytes-like binary."""
+        if self.state is not State.OPEN or self._send_opcode:
+            self._check_can_send()
+            raise InvalidState("cannot send a message while a fragmented message is being sent")
+        if type(message) is str:
+            opcode = OP_TEXT
+            payload: bytes = message.encode("utf-8")
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            opcode = OP_BINARY
+            payload = bytes(message) if type(message) is not bytes else message
+        else:
+            raise TypeError(
+                f"message must be str or bytes-like, not {type(message).__name__}"
+            )
+        codec = self._codec
+        if codec is not None and codec.should_compress(len(payload)):
+            return self._frame(opcode, codec.encode(payload, True), True, True)
+        if self.tracer is not None or self._mask_out:
+            return self._frame(opcode, payload, True)
+        # Hot path for servers: header and payload, no copy beyond the concatenation.
+        return build_header(opcode, len(payload), True) + payload
+
+    def send_fragment(self, data: str | bytes | bytearray | memoryview, fin: bool) -> bytes:
+        """Return a frame for one fragment of a message sent in pieces.
+
+        The first fragment's type (``str`` or bytes-like) sets the message type; the
+        others must match. ``fin=True`` ends the message.
+        """
+        self._check_can_send()
+        is_text = type(data) is str
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if self._send_opcode:
+            if is_text != (self._send_opcode == OP_TEXT):
+                raise TypeError("all fragments of a message must be str, or all bytes-like")
+            opcode = OP_CONT
+        else:
+            opcode = OP_TEXT if is_text else OP_BINARY
+            self._send_opcode = opcode
+        if fin:
+            self._send_opcode = 0
+        codec = self._codec
+        if codec is not None:
+            rsv1 = opcode != OP_CONT
+            return self._frame(opcode, codec.encode(payload, fin), fin, rsv1)
+        return self._frame(opcode, payload, fin)
+
+    def send_ping(self, data: bytes = b"") -> bytes:
+        """Return a ping frame."""
+        self._check_can_send()
+        if len(data) > 125:
+            raise ValueError("ping payload must be 125 bytes or less")
+        return self._frame(OP_PING, data, True)
+
+    def send_pong(self, data: bytes = b"") -> bytes:
+        """Return an unsolicited pong frame."""
+        self._check_can_send()
+        if len(data) > 125:
+            raise ValueError("pong payload must be 125 bytes or less")
+        return self._frame(OP_PONG, data, True)
+
+    def send_close(self, code: int = 1000, reason: str = "") -> bytes:
+        """Start the closing handshake; return the close frame (``b""`` if already sent).
+
+        ``code`` 1005 sends a close frame without a status code.
+        """
+        close = Close(code, reason)
+        close.check()
+        if self.close_sent is not None or self.state is State.CLOSED:
+            return b""
+        self._queue_close(close)
+        if self.close_rcvd is None:
+            self.close_rcvd_then_sent = False
+        out = self._out
+        self._out = []
+        return b"".join(out)

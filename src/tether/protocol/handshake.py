@@ -1,0 +1,454 @@
+"""RFC 6455 section 4: the opening handshake, on top of h11.
+
+h11 parses and serialises the HTTP/1.1 heads, with a bound on their size; this module
+adds what makes them a WebSocket handshake: the key and accept values, the
+Upgrade / Connection / Version checks, Origin, subprotocol and extension negotiation.
+A :class:`ServerHandshake` turns request bytes into a :class:`Request` and then into a
+101 or an error :class:`Response`; a :class:`ClientHandshake` does the reverse. The
+bytes that arrive after the head (the first frames) are handed on in ``trailing_data``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+
+import h11
+
+from ..exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidOrigin,
+    InvalidStatus,
+    InvalidUpgrade,
+    NegotiationError,
+)
+from .http import Headers, HeadersLike, Request, Response
+
+__all__ = [
+    "GUID",
+    "MAX_HEADERS",
+    "MAX_HEAD_SIZE",
+    "ClientHandshake",
+    "ServerHandshake",
+    "accept_key",
+    "generate_key",
+    "parse_tokens",
+]
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: Largest request or response head (request line and headers) accepted, in bytes.
+MAX_HEAD_SIZE = 16 * 1024
+#: Most header lines accepted in a request or response head.
+MAX_HEADERS = 128
+#: Largest body of a non-101 response kept for :class:`InvalidStatus`.
+MAX_BODY_SIZE = 64 * 1024
+
+SERVER_AGENT = "tether"
+
+
+def generate_key() -> str:
+    """A fresh random Sec-WebSocket-Key (RFC 6455 4.1: 16 random bytes, base64)."""
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def accept_key(key: str) -> str:
+    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 4.2.2)."""
+    digest = hashlib.sha1((key + GUID).encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def parse_tokens(values: Sequence[str]) -> list[str]:
+    """Split comma-separated header values into tokens, dropping empty ones."""
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+def _headers_from_h11(raw: Sequence[tuple[bytes, bytes]]) -> Headers:
+    headers = Headers()
+    for name, value in raw:
+        headers[name.decode("latin-1")] = value.decode("latin-1")
+    return headers
+
+
+def _h11_headers(headers: Headers) -> list[tuple[str, str]]:
+    return headers.raw_items()
+
+
+class ServerHandshake:
+    """Server side of the opening handshake.
+
+    Feed bytes to :meth:`receive_data` until it returns the :class:`Request`; build the
+    answer with :meth:`accept` (a 101 or an error response) or :meth:`reject`, and
+    serialise it with :meth:`send_response`.
+    """
+
+    def __init__(
+        self,
+        *,
+        origins: Sequence[str | None] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        select_subprotocol: Callable[[Sequence[str]], str | None] | None = None,
+        extensions: Callable[[list[str]], tuple[str | None, object]] | None = None,
+        server_header: str | None = SERVER_AGENT,
+        max_head_size: int = MAX_HEAD_SIZE,
+        max_headers: int = MAX_HEADERS,
+    ) -> None:
+        self.origins = origins
+        self.subprotocols = subprotocols
+        self.select_subprotocol = select_subprotocol
+        self.extensions = extensions
+        self.server_header = server_header
+        self.max_headers = max_headers
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
+        self.request: Request | None = None
+        #: the subprotocol and extension state chosen by :meth:`accept`
+        self.subprotocol: str | None = None
+        self.extension_state: object = None
+        #: why :meth:`accept` refused the request, if it did
+        self.exc: InvalidHandshake | None = None
+
+    def receive_data(self, data: bytes) -> Request | None:
+        """Feed request bytes; return the :class:`Request` once its head is complete.
+
+        Raises :class:`InvalidMessage` (with the HTTP status to answer) when the request
+        is malformed or too large.
+        """
+        conn = self._h11
+        conn.receive_data(data)
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            msg = str(exc) or "malformed HTTP request"
+            if status == 431 or "exceeds" in msg or "too long" in msg.lower():
+                status = 431
+                msg = "request head larger than %d bytes" % conn._max_incomplete_event_size
+            raise InvalidMessage(f"invalid HTTP request: {msg}", status) from None
+        if event is h11.NEED_DATA:
+            return None
+        if not isinstance(event, h11.Request):  # pragma: no cover - h11 guarantees it
+            raise InvalidMessage("invalid HTTP request", 400)
+        if len(event.headers) > self.max_headers:
+            raise InvalidMessage(
+                f"request has {len(event.headers)} headers, more than {self.max_headers}", 431
+            )
+        try:
+            # A GET has no body: read its EndOfMessage so h11 reaches the state where
+            # a 101 may be sent (MIGHT_SWITCH_PROTOCOL).
+            conn.next_event()
+        except h11.RemoteProtocolError:
+            pass
+        self.request = Request(
+            path=event.target.decode("latin-1"),
+            headers=_headers_from_h11(event.headers.raw_items()),
+            method=event.method.decode("ascii"),
+            http_version=event.http_version.decode("ascii"),
+        )
+        return self.request
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after the request head: the client's first frames."""
+        data, _closed = self._h11.trailing_data
+        return bytes(data)
+
+    def accept(self, request: Request) -> Response:
+        """Check ``request`` and return the 101 response, or an error response.
+
+        On an error response, :attr:`exc` tells what was wrong.
+        """
+        try:
+            key = self._check_request(request)
+            headers = Headers()
+            headers["Upgrade"] = "websocket"
+            headers["Connection"] = "Upgrade"
+            headers["Sec-WebSocket-Accept"] = accept_key(key)
+            offered = parse_tokens(request.headers.get_all("Sec-WebSocket-Extensions"))
+            if offered and self.extensions is not None:
+                value, state = self.extensions(offered)
+                if value is not None:
+                    headers["Sec-WebSocket-Extensions"] = value
+                    self.extension_state = state
+            protocols = parse_tokens(request.headers.get_all("Sec-WebSocket-Protocol"))
+            self.subprotocol = self._choose_subprotocol(protocols)
+            if self.subprotocol is not None:
+                headers["Sec-WebSocket-Protocol"] = self.subprotocol
+            if self.server_header:
+                headers["Server"] = self.server_header
+            return Response(101, headers, reason="Switching Protocols")
+        except InvalidOrigin as exc:
+            self.exc = exc
+            return self.reject(403, f"Failed to open a WebSocket connection: {exc}.\n")
+        except InvalidUpgrade as exc:
+            self.exc = exc
+            response = self.reject(
+                426,
+                f"Failed to open a WebSocket connection: {exc}.\n\n"
+                "You cannot access a WebSocket server directly with a browser. "
+                "You need a WebSocket client.\n",
+            )
+            response.headers["Upgrade"] = "websocket"
+            response.headers["Connection"] = "Upgrade"
+            if exc.name == "Sec-WebSocket-Version":
+                response.headers["Sec-WebSocket-Version"] = "13"
+            return response
+        except InvalidHandshake as exc:
+            self.exc = exc
+            return self.reject(400, f"Failed to open a WebSocket connection: {exc}.\n")
+
+    def _check_request(self, request: Request) -> str:
+        headers = request.headers
+        if request.method != "GET":
+            raise InvalidHandshake(f"method must be GET, not {request.method}")
+        if request.http_version != "1.1":
+            raise InvalidHandshake(f"HTTP/{request.http_version} is not HTTP/1.1")
+        connection = [t.lower() for t in parse_tokens(headers.get_all("Connection"))]
+        if "upgrade" not in connection:
+            raise InvalidUpgrade("Connection", headers.get("Connection"),
+                                 "Connection header does not include Upgrade")
+        upgrade = [t.lower() for t in parse_tokens(headers.get_all("Upgrade"))]
+        if "websocket" not in upgrade:
+            raise InvalidUpgrade("Upgrade", headers.get("Upgrade"),
+                                 "Upgrade header does not include websocket")
+        version = headers.get_all("Sec-WebSocket-Version")
+        if version != ["13"]:
+            raise InvalidUpgrade(
+                "Sec-WebSocket-Version", ", ".join(version) or None,
+                "unsupported WebSocket version "
+                + (repr(", ".join(version)) if version else "(missing)") + "; 13 is required",
+            )
+        keys = headers.get_all("Sec-WebSocket-Key")
+        if len(keys) != 1:
+            raise InvalidHeader("Sec-WebSocket-Key", None if not keys else ", ".join(keys))
+        key = keys[0]
+        try:
+            raw = base64.b64decode(key.encode(), validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) != 16:
+            raise InvalidHeader("Sec-WebSocket-Key", key,
+                                f"Sec-WebSocket-Key is not 16 bytes in base64: {key!r}")
+        if self.origins is not None:
+            origin = headers.get("Origin")
+            if origin not in self.origins:
+                raise InvalidOrigin(origin)
+        return key
+
+    def _choose_subprotocol(self, offered: list[str]) -> str | None:
+        if self.select_subprotocol is not None:
+            chosen = self.select_subprotocol(offered)
+            if chosen is not None and chosen not in offered:
+                raise NegotiationError(f"select_subprotocol chose {chosen!r}, not offered")
+            return chosen
+        if not offered or not self.subprotocols:
+            return None
+        for protocol in self.subprotocols:
+            if protocol in offered:
+                return protocol
+        return None
+
+    def reject(self, status: int, text: str = "") -> Response:
+        """Build a plain-text error response that closes the connection."""
+        response = Response.text(status, text)
+        if self.server_header:
+            response.headers["Server"] = self.server_header
+        return response
+
+    def send_response(self, response: Response) -> bytes:
+        """Serialise ``response``: a 101 switches protocols, anything else ends HTTP."""
+        headers = response.headers
+        conn = self._h11
+        if response.status == 101:
+            if conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+                raise InvalidHandshake("cannot send 101: the request did not ask to upgrade")
+            return conn.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=_h11_headers(headers),
+                    reason=response.reason.encode(),
+                )
+            ) or b""
+        hdrs = [(n, v) for n, v in headers.raw_items()
+                if n.lower() not in ("content-length", "connection", "transfer-encoding")]
+        hdrs.append(("Content-Length", str(len(response.body))))
+        hdrs.append(("Connection", "close"))
+        try:
+            out = conn.send(
+                h11.Response(status_code=response.status, headers=hdrs,
+                             reason=response.reason.encode())
+            ) or b""
+            out += conn.send(h11.Data(data=response.body)) or b""
+            out += conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            # h11 refuses a response in states where HTTP is already broken (for
+            # example after a malformed request); write it by hand then.
+            head = f"HTTP/1.1 {response.status} {response.reason}\r\n" + "".join(
+                f"{n}: {v}\r\n" for n, v in hdrs
+            ) + "\r\n"
+            out = head.encode("latin-1") + response.body
+        return out
+
+
+class ClientHandshake:
+    """Client side of the opening handshake.
+
+    :meth:`send_request` gives the request bytes; feed the answer to
+    :meth:`receive_data` until it returns the :class:`Response`, then
+    :meth:`check_response` validates it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        path: str,
+        *,
+        origin: str | None = None,
+        subprotocols: Sequence[str] | None = None,
+        extensions_offer: str | None = None,
+        additional_headers: HeadersLike | None = None,
+        user_agent_header: str | None = SERVER_AGENT,
+        max_head_size: int = MAX_HEAD_SIZE,
+        max_headers: int = MAX_HEADERS,
+    ) -> None:
+        self.key = generate_key()
+        self.subprotocols = list(subprotocols or [])
+        self.max_headers = max_headers
+        headers = Headers()
+        headers["Host"] = host
+        headers["Upgrade"] = "websocket"
+        headers["Connection"] = "Upgrade"
+        headers["Sec-WebSocket-Key"] = self.key
+        headers["Sec-WebSocket-Version"] = "13"
+        if origin is not None:
+            headers["Origin"] = origin
+        if extensions_offer:
+            headers["Sec-WebSocket-Extensions"] = extensions_offer
+        if self.subprotocols:
+            headers["Sec-WebSocket-Protocol"] = ", ".join(self.subprotocols)
+        if additional_headers is not None:
+            extra = Headers(additional_headers)
+            for name in extra:
+                if name.lower() == "host":
+                    del headers["Host"]
+            headers.update(extra)
+        if user_agent_header and "User-Agent" not in headers:
+            headers["User-Agent"] = user_agent_header
+        self.request = Request(path, headers)
+        self.response: Response | None = None
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
+        self._status_response: h11.Response | None = None
+        self._body = bytearray()
+
+    def send_request(self) -> bytes:
+        """Return the bytes of the upgrade request."""
+        conn = self._h11
+        out = conn.send(
+            h11.Request(method="GET", target=self.request.path.encode(),
+                        headers=_h11_headers(self.request.headers))
+        ) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        return out
+
+    def receive_data(self, data: bytes) -> Response | None:
+        """Feed response bytes (``b""`` at EOF); return the :class:`Response` when complete.
+
+        A 101 is complete after its head; another status after its body (up to
+        ``MAX_BODY_SIZE`` bytes) or at EOF. Raises :class:`InvalidMessage` when the
+        response is malformed.
+        """
+        conn = self._h11
+        conn.receive_data(data)
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self._status_response is not None:
+                    return self._finish_error_response()
+                raise InvalidMessage(f"invalid HTTP response: {exc}") from None
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                if event is h11.NEED_DATA and not data and self._status_response is not None:
+                    return self._finish_error_response()
+                if event is h11.NEED_DATA and not data:
+                    raise InvalidMessage("connection closed during the opening handshake")
+                return None
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    self.response = self._make_response(event, b"")
+                    return self.response
+                continue  # 100 Continue and the like: ignore
+            if isinstance(event, h11.Response):
+                self._status_response = event
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) >= MAX_BODY_SIZE:
+                    return self._finish_error_response()
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return self._finish_error_response()
+
+    def _finish_error_response(self) -> Response:
+        assert self._status_response is not None
+        self.response = self._make_response(
+            self._status_response, bytes(self._body[:MAX_BODY_SIZE])
+        )
+        return self.response
+
+    def _make_response(
+        self, event: h11.Response | h11.InformationalResponse, body: bytes
+    ) -> Response:
+        if len(event.headers) > self.max_headers:
+            raise InvalidMessage(
+                f"response has {len(event.headers)} headers, more than {self.max_headers}"
+            )
+        return Response(
+            event.status_code,
+            _headers_from_h11(event.headers.raw_items()),
+            body,
+            event.reason.decode("latin-1"),
+        )
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after the 101 head: the server's first frames."""
+        data, _closed = self._h11.trailing_data
+        return bytes(data)
+
+    def check_response(self, response: Response) -> tuple[str | None, list[str]]:
+        """Validate a response; return the subprotocol and the accepted extensions.
+
+        Raises :class:`InvalidStatus` for a status other than 101, :class:`InvalidHeader`
+        or :class:`NegotiationError` for a 101 that does not match the request.
+        """
+        if response.status != 101:
+            raise InvalidStatus(response)
+        headers = response.headers
+        connection = [t.lower() for t in parse_tokens(headers.get_all("Connection"))]
+        if "upgrade" not in connection:
+            raise InvalidUpgrade("Connection", headers.get("Connection"),
+                                 "server response Connection header does not include Upgrade")
+        upgrade = [t.lower() for t in parse_tokens(headers.get_all("Upgrade"))]
+        if upgrade != ["websocket"]:
+            raise InvalidUpgrade("Upgrade", headers.get("Upgrade"),
+                                 "server response Upgrade header is not websocket")
+        accept = headers.get_all("Sec-WebSocket-Accept")
+        if accept != [accept_key(self.key)]:
+            raise InvalidHeader(
+                "Sec-WebSocket-Accept", ", ".join(accept) or None,
+                "server response has a wrong Sec-WebSocket-Accept"
+                if accept else "server response has no Sec-WebSocket-Accept",
+            )
+        protocols = parse_tokens(headers.get_all("Sec-WebSocket-Protocol"))
+        subprotocol: str | None = None
+        if protocols:
+            if len(protocols) > 1:
+                raise NegotiationError(f"server chose several subprotocols: {protocols}")
+            subprotocol = protocols[0]
+            if subprotocol not in self.subprotocols:
+                raise NegotiationError(
+                    f"server chose subprotocol {subprotocol!r}, which the client did not offer"
+                    + (f" (offered: {', '.join(self.subprotocols)})" if self.subprotocols
+                       else "")
+                )
+        extensions = headers.get_all("Sec-WebSocket-Extensions")
+        return subprotocol, extensions
