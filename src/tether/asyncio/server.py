@@ -21,10 +21,10 @@ __all__ = ["Server", "ServerConnection", "serve", "unix_serve"]
 
 Handler = Callable[["ServerConnection"], Awaitable[Any]]
 ProcessRequest = Callable[
-    ["ServerConnection", Request], "Response | None | Awaitable[Response | None]"
+    ["ServerConnection", Request], "Response | Awaitable[Response | None] | None"
 ]
 ProcessResponse = Callable[
-    ["ServerConnection", Request, Response], "Response | None | Awaitable[Response | None]"
+    ["ServerConnection", Request, Response], "Response | Awaitable[Response | None] | None"
 ]
 SelectSubprotocol = Callable[["ServerConnection", Sequence[str]], "str | None"]
 

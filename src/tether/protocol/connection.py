@@ -368,7 +368,7 @@ class Protocol:
             self._fail(1002, "new data frame while a fragmented message is unfinished")
             return False
         max_size = self.max_size
-        if max_size is not None and not (rsv1 or self._msg_compressed and opcode == OP_CONT):
+        if max_size is not None and not (rsv1 or (self._msg_compressed and opcode == OP_CONT)):
             size = (self._msg_size if opcode == OP_CONT else 0) + length
             if size > max_size:
                 self._fail(

@@ -24,11 +24,11 @@ from ..exceptions import NegotiationError, PayloadTooBig, ProtocolError
 
 __all__ = [
     "Deflate",
-    "ServerNegotiator",
-    "compression_settings",
     "PerMessageDeflate",
+    "ServerNegotiator",
     "client_accept",
     "client_offer",
+    "compression_settings",
     "parse_extension_header",
     "server_accept",
 ]
@@ -216,7 +216,9 @@ def parse_extension_header(values: list[str]) -> list[tuple[str, Params]]:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in text:
         if char == '"':
             quoted = not quoted
@@ -261,7 +263,9 @@ def _params_dict(params: Params) -> dict[str, str | None]:
     return seen
 
 
-def server_accept(offers: list[str], settings: Deflate) -> tuple[str | None, PerMessageDeflate | None]:
+def server_accept(
+    offers: list[str], settings: Deflate
+) -> tuple[str | None, PerMessageDeflate | None]:
     """Choose the first permessage-deflate offer the server can honour.
 
     Returns the Sec-WebSocket-Extensions response value and the codec, or

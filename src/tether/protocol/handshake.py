@@ -102,6 +102,7 @@ class ServerHandshake:
         self.extensions = extensions
         self.server_header = server_header
         self.max_headers = max_headers
+        self.max_head_size = max_head_size
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
         self.request: Request | None = None
         #: the subprotocol and extension state chosen by :meth:`accept`
@@ -125,7 +126,7 @@ class ServerHandshake:
             msg = str(exc) or "malformed HTTP request"
             if status == 431 or "exceeds" in msg or "too long" in msg.lower():
                 status = 431
-                msg = "request head larger than %d bytes" % conn._max_incomplete_event_size
+                msg = f"request head larger than {self.max_head_size} bytes"
             raise InvalidMessage(f"invalid HTTP request: {msg}", status) from None
         if event is h11.NEED_DATA:
             return None
@@ -262,7 +263,7 @@ class ServerHandshake:
         headers = response.headers
         conn = self._h11
         if response.status == 101:
-            if conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            if conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
                 raise InvalidHandshake("cannot send 101: the request did not ask to upgrade")
             return conn.send(
                 h11.InformationalResponse(
