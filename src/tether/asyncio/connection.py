@@ -17,7 +17,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from ..exceptions import (
     ConnectionClosed,
@@ -145,8 +145,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Called by asyncio when the TCP (or TLS, or Unix) connection is up."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: don't check the type.
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(self.write_limit, self.write_limit // 4)
 
     def _open_protocol(self, trailing: bytes) -> None:
@@ -556,7 +556,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(self.protocol.send_ping(payload))
         if self._debug:
-            self.logger.debug("[%s] % sent keepalive ping", self.id)
+            self.logger.debug("[%s] > keepalive ping sent", self.id)
         if self.ping_timeout is not None:
             timeout = self.loop.call_later(self.ping_timeout, self._keepalive_timed_out, fut)
             fut.add_done_callback(lambda _: timeout.cancel())

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
-from ..exceptions import InvalidHandshake, InvalidMessage
+from ..exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage
 from ..protocol.connection import Side
 from ..protocol.deflate import Deflate, ServerNegotiator, compression_settings
 from ..protocol.handshake import ServerHandshake
@@ -95,6 +95,10 @@ class ServerConnection(Connection):
             self._request_waiter.set_exception(exc)
             return
         if request is not None:
+            # Read nothing more until the handshake is answered: bytes that came with
+            # the request stay in h11's buffer, bounded by one read.
+            assert self.transport is not None
+            self.transport.pause_reading()
             self._request_waiter.set_result(request)
 
     def eof_received(self) -> bool | None:
@@ -125,6 +129,9 @@ class ServerConnection(Connection):
         except asyncio.CancelledError:
             await self._close_quietly(1001, "")
             raise
+        except ConnectionClosed as exc:
+            # The peer went away while the handler was talking to it: not a bug.
+            self.logger.debug("[%s] handler ended: %s", self.id, exc)
         except Exception:
             self.logger.error("[%s] connection handler failed", self.id, exc_info=True)
             await self._close_quietly(1011, "")
@@ -189,6 +196,8 @@ class ServerConnection(Connection):
         # From now on bytes go straight to the protocol core.
         self.data_received = super().data_received  # type: ignore[method-assign]
         self._open_protocol(self._handshake.trailing_data)
+        if not self._paused_reading and not transport.is_closing():
+            transport.resume_reading()
         return True
 
 
@@ -388,8 +397,8 @@ class serve:
 
     async def _start(self) -> Server:
         server = await self._create()
-        assert isinstance(server, asyncio.Server)
-        self.server._attach(server)
+        # uvloop's server is not an asyncio.Server subclass but has the same API.
+        self.server._attach(server)  # type: ignore[arg-type]
         return self.server
 
     def __await__(self) -> Generator[Any, None, Server]:

@@ -210,6 +210,16 @@ class Protocol:
         if self._stopped:
             return
         buf = self._buf
+        if self._frame_left and not buf:
+            # Middle of a large frame: consume the payload straight from ``data``.
+            left = self._frame_left
+            if len(data) <= left:
+                self._consume_payload(data if type(data) is bytes else bytes(data))
+                return
+            self._consume_payload(bytes(data[:left]))
+            if self._stopped:
+                return
+            data = data[left:]
         buf += data
         if self._frame_left:
             self._continue_frame()
@@ -399,6 +409,11 @@ class Protocol:
             return
         chunk = bytes(buf[:n])
         del buf[:n]
+        self._consume_payload(chunk)
+
+    def _consume_payload(self, chunk: bytes) -> None:
+        """Unmask and take in the next bytes of the current frame's payload."""
+        n = len(chunk)
         mask = self._frame_mask
         if mask is not None:
             chunk = apply_mask(chunk, mask)
@@ -463,9 +478,10 @@ class Protocol:
         if opcode == OP_PING:
             self.events.append(Ping(payload))
             # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
-            # Pong frame in response, unless it already received a Close frame."
-            if self.close_sent is None:
-                self._out.append(self._frame(OP_PONG, payload, True))
+            # Pong frame in response, unless it already received a Close frame." No
+            # frame is parsed after a close frame, so a ping here is always answered,
+            # also after sending a close frame (only data frames are banned then).
+            self._out.append(self._frame(OP_PONG, payload, True))
         elif opcode == OP_PONG:
             self.events.append(Pong(payload))
         else:

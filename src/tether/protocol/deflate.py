@@ -149,13 +149,15 @@ class PerMessageDeflate:
                 if len(out) > max_length:
                     self._decoder = None
                     raise PayloadTooBig(
-                        f"decompressed message exceeds max_size by more than "
-                        f"{len(out) - max_length} bytes; raise max_size or send smaller messages"
+                        "decompressed message exceeds max_size; "
+                        "raise max_size or send smaller messages"
                     )
         except zlib.error as exc:
             self._decoder = None
             raise ProtocolError(f"invalid compressed data: {exc}", 1007) from None
-        if final and self.remote_no_context_takeover:
+        if decoder.eof or (final and self.remote_no_context_takeover):
+            # RFC 7692 7.2.3.4: a sender may end a message with a final (BFINAL) block;
+            # the next message then starts a new stream.
             self._decoder = None
         return out
 
@@ -327,8 +329,9 @@ def _server_accept_one(params: Params, s: Deflate) -> tuple[str, PerMessageDefla
 def client_offer(settings: Deflate) -> str:
     """The client's Sec-WebSocket-Extensions offer.
 
-    With default settings it is what browsers send,
-    ``permessage-deflate; client_max_window_bits``, with the client's window bits.
+    It asks for the window sizes of ``settings`` (12 bits each by default, to keep
+    memory low); with 15 it is what browsers send, ``permessage-deflate;
+    client_max_window_bits``.
     """
     offer = ["permessage-deflate"]
     if settings.server_no_context_takeover:

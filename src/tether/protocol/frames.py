@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..exceptions import ProtocolError
@@ -25,6 +26,7 @@ __all__ = [
     "Close",
     "Frame",
     "apply_mask",
+    "apply_mask_py",
     "build_frame",
     "build_header",
     "check_close_code",
@@ -50,17 +52,26 @@ _pack_h64 = struct.Struct("!BBQ").pack
 _unpack_close = struct.Struct("!H").unpack_from
 
 
-def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3).
+def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3), in pure Python.
 
     Works on the whole payload at once through Python's arbitrary-size integers,
-    never with a Python-level loop over bytes.
+    never with a Python-level loop over bytes. The twin of the C version in
+    ``tether._speedups``, used when that is not built.
     """
     n = len(data)
     if n == 0:
         return b""
     key = (mask * ((n >> 2) + 1))[:n]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+apply_mask: Callable[[bytes | bytearray | memoryview, bytes], bytes] = apply_mask_py
+if os.environ.get("TETHER_NO_SPEEDUPS") != "1":
+    try:
+        from .._speedups import apply_mask  # type: ignore[no-redef,unused-ignore]
+    except ImportError:  # not built: no C compiler, or a platform without it
+        pass
 
 
 def build_header(opcode: int, length: int, fin: bool = True, rsv1: bool = False,

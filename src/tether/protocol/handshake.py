@@ -103,6 +103,7 @@ class ServerHandshake:
         self.server_header = server_header
         self.max_headers = max_headers
         self.max_head_size = max_head_size
+        self._received = 0
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
         self.request: Request | None = None
         #: the subprotocol and extension state chosen by :meth:`accept`
@@ -119,6 +120,7 @@ class ServerHandshake:
         """
         conn = self._h11
         conn.receive_data(data)
+        self._received += len(data)
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -132,6 +134,13 @@ class ServerHandshake:
             return None
         if not isinstance(event, h11.Request):  # pragma: no cover - h11 guarantees it
             raise InvalidMessage("invalid HTTP request", 400)
+        # h11 bounds a head only while it is incomplete; check a whole one too.
+        head_size = self._received - len(conn.trailing_data[0])
+        if head_size > self.max_head_size:
+            raise InvalidMessage(
+                f"invalid HTTP request: request head of {head_size} bytes is larger than "
+                f"{self.max_head_size} bytes", 431
+            )
         if len(event.headers) > self.max_headers:
             raise InvalidMessage(
                 f"request has {len(event.headers)} headers, more than {self.max_headers}", 431
@@ -274,7 +283,9 @@ class ServerHandshake:
         hdrs = [(n, v) for n, v in headers.raw_items()
                 if n.lower() not in ("content-length", "connection", "transfer-encoding")]
         hdrs.append(("Content-Length", str(len(response.body))))
-        hdrs.append(("Connection", "close"))
+        # RFC 9110 7.8: a sender of Upgrade also sends "Connection: upgrade".
+        upgrade = "Upgrade" in headers
+        hdrs.append(("Connection", "Upgrade, close" if upgrade else "close"))
         try:
             out = conn.send(
                 h11.Response(status_code=response.status, headers=hdrs,
@@ -316,6 +327,8 @@ class ClientHandshake:
         self.key = generate_key()
         self.subprotocols = list(subprotocols or [])
         self.max_headers = max_headers
+        self.max_head_size = max_head_size
+        self._received = 0
         headers = Headers()
         headers["Host"] = host
         headers["Upgrade"] = "websocket"
@@ -361,6 +374,7 @@ class ClientHandshake:
         """
         conn = self._h11
         conn.receive_data(data)
+        self._received += len(data)
         while True:
             try:
                 event = conn.next_event()
@@ -374,6 +388,13 @@ class ClientHandshake:
                 if event is h11.NEED_DATA and not data:
                     raise InvalidMessage("connection closed during the opening handshake")
                 return None
+            if isinstance(event, (h11.InformationalResponse, h11.Response)):
+                head_size = self._received - len(conn.trailing_data[0])
+                if head_size > self.max_head_size and self._status_response is None:
+                    raise InvalidMessage(
+                        f"response head of {head_size} bytes is larger than "
+                        f"{self.max_head_size} bytes"
+                    )
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     self.response = self._make_response(event, b"")
