@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -328,3 +329,29 @@ class TestSection5_5_1ClosePayload:
         # 62 two-byte characters are 124 bytes although only 62 characters.
         with pytest.raises(ValueError, match="123"):
             Close(1000, "é" * 62).check()
+
+
+# --- the optional C accelerator and its pure-Python twin give the same bytes --------
+
+def _mask_impls() -> list[object]:
+    from tether.protocol import frames as _frames
+
+    impls: list[object] = [pytest.param(_frames.apply_mask_py, id="python")]
+    try:
+        from tether import _speedups
+    except ImportError:
+        impls.append(pytest.param(None, id="c", marks=pytest.mark.skip("C speedups not built")))
+    else:
+        impls.append(pytest.param(_speedups.apply_mask, id="c"))
+    return impls
+
+
+@pytest.mark.parametrize("impl", _mask_impls())
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 125, 126, 65536, 65537])
+def test_mask_implementations_agree_with_naive(impl: Any, size: int) -> None:
+    data = bytes((i * 7 + 3) % 256 for i in range(size))
+    mask = b"\x12\xab\xff\x00"
+    expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    assert impl(data, mask) == expected
+    assert impl(bytearray(data), mask) == expected
+    assert impl(memoryview(data), mask) == expected
