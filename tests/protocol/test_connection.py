@@ -93,6 +93,12 @@ def assert_failed(proto: Protocol, code: int) -> None:
     assert proto.exc is not None, "the connection was not failed"
     assert isinstance(proto.exc, ProtocolError)
     assert proto.exc.code == code, str(proto.exc)
+    if proto.pending_close is not None:
+        # Held back until the messages received before the bad frame are read.
+        assert proto.messages, "a failure is held back only behind unread messages"
+        assert proto.state is State.OPEN
+        assert proto.data_to_send() == [] or True
+        proto.fail_now()
     assert proto.state is State.CLOSING
     assert proto.close_sent is not None
     assert proto.close_sent.code == code
@@ -905,6 +911,10 @@ def check_contract(proto: Protocol) -> None:
     if proto.exc is not None:
         assert isinstance(proto.exc, ProtocolError)
         assert proto.exc.code in REPLY_CODES
+        if proto.pending_close is not None:
+            assert proto.messages
+            proto.fail_now()
+            frames += sent(proto)
         assert proto.state is State.CLOSING
         assert proto.close_expected() is True
         assert frames
@@ -1088,3 +1098,32 @@ class TestRoundTrip:
             reference.append(parsed[0].data)
             rest = rest[parsed[2] :]
         assert list(proto.messages) == reference
+
+
+@pytest.mark.parametrize("side", [Side.SERVER, Side.CLIENT])
+def test_failure_waits_for_earlier_messages_to_be_read(side: Side) -> None:
+    """A bad frame after a good message: the message can still be answered first."""
+    proto = Protocol(side)
+    peer_mask = b"\x01\x02\x03\x04" if side is Side.SERVER else None
+    good = Frame(OP_TEXT, b"Hello").serialize(peer_mask)
+    bad = Frame(OP_TEXT, b"x", rsv2=True).serialize(peer_mask)
+    proto.receive_data(good + bad)
+    assert list(proto.messages) == ["Hello"]
+    assert proto.pending_close is not None and proto.pending_close.code == 1002
+    assert proto.state is State.OPEN
+    assert proto.data_to_send() == []
+    reply = proto.send_message("Hello")  # the application answers the good message
+    assert reply
+    proto.messages.popleft()
+    proto.fail_now()
+    assert proto.state is State.CLOSING
+    assert proto.close_sent is not None and proto.close_sent.code == 1002
+    assert proto.close_expected()
+
+
+def test_close_while_failure_pending_sends_failure_code() -> None:
+    proto = Protocol(Side.CLIENT)
+    proto.receive_data(Frame(OP_TEXT, b"a").serialize() + b"\x8f\x00")  # reserved opcode
+    assert proto.pending_close is not None
+    assert proto.send_close(1000)
+    assert proto.close_sent is not None and proto.close_sent.code == 1002

@@ -102,6 +102,9 @@ def sent(proto: Protocol) -> list[Frame]:
 def assert_failed(proto: Protocol, code: int) -> None:
     assert proto.exc is not None, "the connection was not failed"
     assert proto.exc.code == code, str(proto.exc)
+    if proto.pending_close is not None:
+        assert proto.messages
+        proto.fail_now()
     assert proto.state is State.CLOSING
     frames = sent(proto)
     assert frames
@@ -781,6 +784,10 @@ def check_contract(proto: Protocol) -> None:
     frames = sent(proto)
     if proto.exc is not None:
         assert proto.exc.code in (1002, 1007, 1009)
+        if proto.pending_close is not None:
+            assert proto.messages
+            proto.fail_now()
+            frames += sent(proto)
         assert proto.state is State.CLOSING
         assert frames
         assert frames[-1].opcode == OP_CLOSE

@@ -33,6 +33,9 @@ __all__ = ["Connection", "Data"]
 
 Data = str | bytes
 OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
+#: Seconds a failure's close frame waits for the application to read the messages
+#: that arrived before the offending frame (see Protocol._fail).
+FAIL_GRACE = 1.0
 _DEBUG = logging.DEBUG
 _OPCODE_NAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
 
@@ -90,6 +93,7 @@ class Connection(asyncio.Protocol):
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self._keepalive_handle: asyncio.TimerHandle | None = None
         self._close_handle: asyncio.TimerHandle | None = None
+        self._fail_handle: asyncio.TimerHandle | None = None
         self._lost_exc: BaseException | None = None
         self.connection_lost_waiter: asyncio.Future[None] = self.loop.create_future()
         self._debug = self.logger.isEnabledFor(_DEBUG)
@@ -218,10 +222,28 @@ class Connection(asyncio.Protocol):
         out = protocol.data_to_send()
         if out and not transport.is_closing():
             transport.write(b"".join(out))
+        if protocol.pending_close is not None:
+            if self._fail_handle is None:
+                if self._debug:
+                    self.logger.debug(
+                        "[%s] ! failing the connection once earlier messages are read: %s",
+                        self.id, protocol.exc,
+                    )
+                self._fail_handle = self.loop.call_later(FAIL_GRACE, self._fail_now)
+            return
         if protocol.exc is not None and self._debug:
             self.logger.debug("[%s] ! failing the connection: %s", self.id, protocol.exc)
         if protocol.close_sent is not None:
             self._closing_started()
+
+    def _fail_now(self) -> None:
+        """Send the close frame of a failure that waited for earlier messages."""
+        if self._fail_handle is not None:
+            self._fail_handle.cancel()
+            self._fail_handle = None
+        if self.protocol.pending_close is not None and not self.connection_lost_waiter.done():
+            self.protocol.fail_now()
+            self._after_protocol_change()
 
     def _closing_started(self) -> None:
         """The closing handshake has begun: arm the close timeout; half-close if due."""
@@ -281,10 +303,10 @@ class Connection(asyncio.Protocol):
             )
         if self._open:
             self.protocol.state = State.CLOSED
-        for handle in (self._keepalive_handle, self._close_handle):
+        for handle in (self._keepalive_handle, self._close_handle, self._fail_handle):
             if handle is not None:
                 handle.cancel()
-        self._keepalive_handle = self._close_handle = None
+        self._keepalive_handle = self._close_handle = self._fail_handle = None
         if not self.connection_lost_waiter.done():
             self.connection_lost_waiter.set_result(None)
         waiter = self._recv_waiter
@@ -342,6 +364,8 @@ class Connection(asyncio.Protocol):
                 return message
             if self.protocol._stopped or self.connection_lost_waiter.done():
                 # No message will come any more: the connection is closing or closed.
+                if self.protocol.pending_close is not None:
+                    self._fail_now()
                 await self._wait_for_close()
                 raise self._closed_exc()
             if self._recv_waiter is not None:

@@ -128,7 +128,6 @@ class Protocol:
         "_buf",
         "_codec",
         "_decoder",
-        "_fail_msg",
         "_frame_fin",
         "_frame_left",
         "_frame_mask",
@@ -149,6 +148,7 @@ class Protocol:
         "exc",
         "max_size",
         "messages",
+        "pending_close",
         "side",
         "state",
         "tracer",
@@ -179,7 +179,8 @@ class Protocol:
         self.events: list[Event] = []
         #: the protocol error that made this side fail the connection, if any
         self.exc: ProtocolError | None = None
-        self._fail_msg = ""
+        #: close frame of a failure, held until earlier messages are read (see _fail)
+        self.pending_close: Close | None = None
         self.close_rcvd: Close | None = None
         self.close_sent: Close | None = None
         self.close_rcvd_then_sent: bool | None = None
@@ -506,16 +507,33 @@ class Protocol:
             self.close_rcvd_then_sent = False
 
     def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (RFC 6455 7.1.7): send a close frame, stop reading."""
+        """Fail the connection (RFC 6455 7.1.7): send a close frame, stop reading.
+
+        When messages received before the offending frame are still waiting to be
+        read, the close frame is held back in :attr:`pending_close` until the driver
+        calls :meth:`fail_now` (once the application has read them, or after a grace
+        period): the application can still answer what the peer sent correctly.
+        """
         self.exc = PayloadTooBig(reason) if code == 1009 else ProtocolError(reason, code)
         self._stopped = True
         self._buf.clear()
         self._msg_parts = []
+        self._decoder = None
         if self.close_sent is None and self.state is State.OPEN:
             # The reason on the wire is capped at 123 bytes (RFC 6455 5.5).
             wire_reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
-            self._queue_close(Close(code, wire_reason))
-        self.state = State.CLOSING
+            self.pending_close = Close(code, wire_reason)
+            if not self.messages:
+                self.fail_now()
+
+    def fail_now(self) -> None:
+        """Send the close frame of a failure held back by :meth:`_fail`, if any."""
+        close = self.pending_close
+        if close is not None:
+            self.pending_close = None
+            if self.close_sent is None and self.state is State.OPEN:
+                self._queue_close(close)
+            self.state = State.CLOSING
 
     def _queue_close(self, close: Close) -> None:
         self.close_sent = close
@@ -606,6 +624,10 @@ class Protocol:
         """
         close = Close(code, reason)
         close.check()
+        if self.pending_close is not None:
+            # The connection already failed: close with the failure's code.
+            close = self.pending_close
+            self.pending_close = None
         if self.close_sent is not None or self.state is State.CLOSED:
             return b""
         self._queue_close(close)
