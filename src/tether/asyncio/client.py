@@ -103,11 +103,8 @@ class ClientConnection(Connection):
         assert self.transport is not None
         self.transport.write(self._handshake.send_request())
 
-    def data_received(self, data: bytes) -> None:
-        """Handshake phase: feed the response parser (replaced once open)."""
-        self._handshake_data(data)
-
-    def _handshake_data(self, data: bytes) -> None:
+    def _handshake_received(self, data: bytes) -> None:
+        """Handshake phase: feed the response parser (``b""`` at EOF)."""
         if self.handshake_waiter.done():
             return
         try:
@@ -125,14 +122,13 @@ class ClientConnection(Connection):
             self.transport.close()
             return
         self.subprotocol = subprotocol
-        self.data_received = super().data_received  # type: ignore[method-assign]
         self._open_protocol(self._handshake.trailing_data)
         self.handshake_waiter.set_result(None)
 
     def eof_received(self) -> bool | None:
         """The server closed its side: complete an error response or end the connection."""
         if not self._open:
-            self._handshake_data(b"")
+            self._handshake_received(b"")
             return None
         return super().eof_received()
 

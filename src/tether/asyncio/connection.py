@@ -94,6 +94,7 @@ class Connection(asyncio.Protocol):
         self._keepalive_handle: asyncio.TimerHandle | None = None
         self._close_handle: asyncio.TimerHandle | None = None
         self._fail_handle: asyncio.TimerHandle | None = None
+        self._stop_handled = False
         self._lost_exc: BaseException | None = None
         self.connection_lost_waiter: asyncio.Future[None] = self.loop.create_future()
         self._debug = self.logger.isEnabledFor(_DEBUG)
@@ -177,8 +178,16 @@ class Connection(asyncio.Protocol):
             length, head[:32],
         )
 
+    def _handshake_received(self, data: bytes) -> None:
+        """Bytes received during the opening handshake (server or client side)."""
+        raise NotImplementedError
+
     def data_received(self, data: bytes) -> None:
         """Called by asyncio with bytes from the network."""
+        # One method for both phases: uvloop looks data_received up only once.
+        if not self._open:
+            self._handshake_received(data)
+            return
         protocol = self.protocol
         protocol.receive_data(data)
         if protocol.events:
@@ -193,7 +202,8 @@ class Connection(asyncio.Protocol):
                 self._paused_reading = True
                 assert self.transport is not None
                 self.transport.pause_reading()
-        if protocol._out or protocol._stopped:
+        if protocol._out or (protocol._stopped and not self._stop_handled):
+            self._stop_handled = protocol._stopped
             self._after_protocol_change()
 
     def _handle_events(self) -> None:

@@ -78,8 +78,8 @@ class ServerConnection(Connection):
             self.logger.info("[%s] opening handshake timed out; closing", self.id)
             self.transport.abort()
 
-    def data_received(self, data: bytes) -> None:
-        """Handshake phase: feed the request parser (replaced once open)."""
+    def _handshake_received(self, data: bytes) -> None:
+        """Handshake phase: feed the request parser."""
         if self._request_waiter.done():
             # Bytes after the request head: h11 keeps them as trailing data.
             self._handshake._h11.receive_data(data)
@@ -193,8 +193,6 @@ class ServerConnection(Connection):
             return False
         self.subprotocol = self._handshake.subprotocol
         self.logger.info("[%s] connection open: %s", self.id, request.path)
-        # From now on bytes go straight to the protocol core.
-        self.data_received = super().data_received  # type: ignore[method-assign]
         self._open_protocol(self._handshake.trailing_data)
         if not self._paused_reading and not transport.is_closing():
             transport.resume_reading()

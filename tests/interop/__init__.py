@@ -1,0 +1,1 @@
+"""Interoperability tests: tether against real peer libraries over real sockets."""
