@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
 from typing import Any, cast
@@ -37,6 +38,8 @@ OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
 #: that arrived before the offending frame (see Protocol._fail).
 FAIL_GRACE = 1.0
 _DEBUG = logging.DEBUG
+# Round trips are timed with a fine clock: uvloop's loop.time() has 1 ms steps.
+_clock = time.perf_counter
 _OPCODE_NAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
 
 
@@ -198,7 +201,12 @@ class Connection(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             max_queue = self.max_queue
-            if max_queue is not None and len(messages) >= max_queue and not self._paused_reading:
+            if (
+                max_queue is not None
+                and len(messages) >= max_queue
+                and not self._paused_reading
+                and protocol.close_sent is None  # keep reading to see the close reply
+            ):
                 self._paused_reading = True
                 assert self.transport is not None
                 self.transport.pause_reading()
@@ -551,7 +559,7 @@ class Connection(asyncio.Protocol):
             raise ValueError("a ping with the same data is already waiting for its pong")
         fut: asyncio.Future[float] = self.loop.create_future()
         frame = self.protocol.send_ping(payload)
-        self._pings[payload] = (fut, self.loop.time())
+        self._pings[payload] = (fut, _clock())
         assert self.transport is not None
         self.transport.write(frame)
         if self._paused_writing:
@@ -570,7 +578,7 @@ class Connection(asyncio.Protocol):
         pings = self._pings
         if data not in pings:
             return
-        now = self.loop.time()
+        now = _clock()
         # Acknowledge this ping and every ping sent before it.
         for key in list(pings):
             fut, sent_at = pings.pop(key)
@@ -586,7 +594,7 @@ class Connection(asyncio.Protocol):
             return
         payload = os.urandom(4)
         fut: asyncio.Future[float] = self.loop.create_future()
-        self._pings[payload] = (fut, self.loop.time())
+        self._pings[payload] = (fut, _clock())
         assert self.transport is not None
         self.transport.write(self.protocol.send_ping(payload))
         if self._debug:

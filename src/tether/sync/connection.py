@@ -1,0 +1,965 @@
+"""The threading driver of a WebSocket connection: blocking calls over the sans-I/O core.
+
+Strategy. An open connection has two background threads and no event loop:
+
+- the *reader* blocks in ``recv`` on the socket, feeds the bytes to the core
+  (:meth:`Protocol.receive_data`) and wakes :meth:`Connection.recv` through a
+  :class:`threading.Condition`. A message leaves the core's deque only when ``recv``
+  returns it, so a ``recv`` that times out loses nothing. The reader stops reading
+  while ``max_queue`` messages wait (TCP then pushes back on the peer) and resumes when
+  ``recv`` has brought them down to a quarter of that.
+- the *timer* owns every deadline: keepalive pings, their ``ping_timeout``, and the
+  ``close_timeout`` after which the TCP connection is aborted.
+
+``_lock`` guards the core and this driver's state and is never held across blocking
+I/O. Writers hold ``_send_lock`` from building frames to handing them to the kernel, so
+frames reach the wire in the order the core produced them (compression contexts and
+close frames depend on it). ``send`` returns once the kernel has taken the bytes: the
+socket's send buffer is the write limit. Frames made by the reader and the timer
+(pongs, close replies, keepalive pings) and by ``ping`` / ``close`` are queued and
+written by whichever thread holds ``_send_lock`` or takes it next, so none of those
+waits behind a ``send`` blocked on a peer that does not read.
+
+TLS goes through an :class:`ssl.SSLObject` on memory BIOs under a lock of its own:
+OpenSSL does not allow one connection to be read and written from two threads at
+once, so an :class:`ssl.SSLSocket` cannot be shared by the reader and a sender.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import ssl as ssl_module
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from ..exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+)
+from ..protocol.connection import Codec, Pong, Protocol, Side, State
+from ..protocol.frames import Close
+from ..protocol.http import Request, Response
+
+__all__ = ["Connection", "Data", "PongWaiter"]
+
+Data = str | bytes
+_C = TypeVar("_C", bound="Connection")
+BytesLike = bytes | bytearray | memoryview
+OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
+#: Bytes asked of the socket per read.
+RECV_SIZE = 2**16
+#: Plaintext bytes encrypted per step when sending over TLS.
+TLS_CHUNK = 2**16
+_DEBUG = logging.DEBUG
+_OPCODE_NAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
+# On POSIX a thread blocked on a lock or condition is interrupted by Ctrl-C; on Windows
+# it is not, so waits there are cut into slices and KeyboardInterrupt gets through.
+_SLICE: float | None = 0.1 if sys.platform == "win32" else None
+
+
+def _slice(timeout: float | None) -> float | None:
+    if _SLICE is None:
+        return timeout
+    return _SLICE if timeout is None else min(timeout, _SLICE)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (``None``: no deadline); raise once it passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def _wait_event(event: threading.Event, timeout: float | None) -> bool:
+    """``event.wait(timeout)``, interruptible by Ctrl-C everywhere."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return event.is_set()
+        if event.wait(_slice(left)):
+            return True
+
+
+# ------------------------------------------------------------------------ transports
+
+
+class _Transport:
+    """Bytes over a connected socket (TCP or Unix)."""
+
+    tls = False
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self) -> bytes:
+        """Block until bytes arrive; ``b""`` at the end of the stream."""
+        return self.sock.recv(RECV_SIZE)
+
+    def send(self, data: bytes) -> None:
+        """Block until the kernel has taken ``data``. Call with the send lock held."""
+        self.sock.sendall(data)
+
+    def has_output(self) -> bool:
+        """Tell whether bytes are waiting to be written (TLS records made by reads)."""
+        return False
+
+    def flush(self) -> None:
+        """Write what :meth:`has_output` reports. Call with the send lock held."""
+
+    def shutdown_write(self) -> None:
+        """Half-close: send the end of the stream, keep reading."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def abort(self) -> None:
+        """End both directions now; a thread blocked in ``recv`` or ``send`` returns."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Release the socket."""
+        self.sock.close()
+
+
+class _TLSTransport(_Transport):
+    """TLS over a socket through an :class:`ssl.SSLObject`: socket I/O stays outside
+    the lock that serialises every call into OpenSSL."""
+
+    tls = True
+
+    def __init__(
+        self, sock: socket.socket, context: ssl_module.SSLContext, *,
+        server_side: bool, server_hostname: str | None,
+    ) -> None:
+        super().__init__(sock)
+        self._incoming = ssl_module.MemoryBIO()
+        self._outgoing = ssl_module.MemoryBIO()
+        self.ssl_object = context.wrap_bio(
+            self._incoming, self._outgoing,
+            server_side=server_side, server_hostname=server_hostname,
+        )
+        self._lock = threading.Lock()
+
+    def handshake(self, deadline: float | None) -> None:
+        """Run the TLS handshake; bounded by ``deadline`` (raises :class:`TimeoutError`)."""
+        while not self._handshake_step():
+            self.sock.settimeout(_remaining(deadline))
+            self.flush()
+            self._feed(self.sock.recv(RECV_SIZE))
+        self.sock.settimeout(_remaining(deadline))
+        self.flush()
+
+    def _handshake_step(self) -> bool:
+        with self._lock:
+            try:
+                self.ssl_object.do_handshake()
+            except ssl_module.SSLWantReadError:
+                return False
+        return True
+
+    def _feed(self, data: bytes) -> None:
+        with self._lock:
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
+
+    def recv(self) -> bytes:
+        while True:
+            with self._lock:
+                try:
+                    return self.ssl_object.read(RECV_SIZE)
+                except ssl_module.SSLWantReadError:
+                    pass
+                except (ssl_module.SSLZeroReturnError, ssl_module.SSLEOFError):
+                    return b""
+            self._feed(self.sock.recv(RECV_SIZE))
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), TLS_CHUNK):
+            with self._lock:
+                self.ssl_object.write(view[start : start + TLS_CHUNK])
+                records = self._outgoing.read()
+            self.sock.sendall(records)
+
+    def has_output(self) -> bool:
+        with self._lock:
+            return self._outgoing.pending > 0
+
+    def flush(self) -> None:
+        with self._lock:
+            records = self._outgoing.read()
+        if records:
+            self.sock.sendall(records)
+
+    def shutdown_write(self) -> None:
+        # TLS half-close: close_notify, then the end of the TCP stream.
+        with self._lock:
+            try:
+                self.ssl_object.unwrap()
+            except ssl_module.SSLError:
+                pass  # SSLWantReadError: the peer's close_notify has not come yet
+            records = self._outgoing.read()
+        if records:
+            self.sock.sendall(records)
+        self.sock.shutdown(socket.SHUT_WR)
+
+
+# ------------------------------------------------------------------------------ ping
+
+
+class PongWaiter(threading.Event):
+    """What :meth:`Connection.ping` returns: an event set when the matching pong arrives.
+
+    It is a :class:`threading.Event`, so ``waiter.wait(timeout)`` and ``is_set()``
+    work as usual. It is also set when the connection closes before the pong arrives,
+    so that no wait outlives the connection: :attr:`latency` then stays ``None``.
+    :meth:`result` is the short way: it waits and returns the round-trip time.
+    """
+
+    def __init__(self, connection: Connection, data: bytes, sent_at: float) -> None:
+        super().__init__()
+        #: the ping's payload
+        self.data = data
+        #: when the ping was queued (:func:`time.monotonic`)
+        self.sent_at = sent_at
+        #: the round-trip time in seconds once the pong arrived, else ``None``
+        self.latency: float | None = None
+        self._connection = connection
+
+    def _acknowledge(self, now: float) -> None:
+        self.latency = now - self.sent_at
+        self.set()
+
+    def result(self, timeout: float | None = None) -> float:
+        """Wait for the pong and return the round-trip time in seconds.
+
+        Raises :class:`TimeoutError` when no pong came within ``timeout`` seconds (the
+        ping is still pending: calling again waits more), :class:`ConnectionClosed`
+        when the connection closed first.
+        """
+        if not _wait_event(self, timeout):
+            raise TimeoutError(f"no pong received within {timeout} s")
+        if self.latency is None:
+            raise self._connection._closed_exc()
+        return self.latency
+
+
+# ------------------------------------------------------------------------ connection
+
+
+class Connection:
+    """One WebSocket connection, server or client side, with blocking methods.
+
+    Users get it as the argument of a server's handler or from ``connect()``; the
+    methods they call are :meth:`recv`, :meth:`send`, :meth:`ping`, :meth:`close`,
+    :meth:`wait_closed`, ``for message in connection`` and ``with connection``.
+    ``recv`` may run in one thread while others call ``send``, ``ping`` or ``close``.
+    """
+
+    side: ClassVar[Side]
+    #: the core state machine, created when the opening handshake succeeds
+    protocol: Protocol
+    request: Request | None
+    response: Response | None
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_size: int | None = 2**20,
+        max_queue: int | None = 16,
+        write_limit: int = 2**15,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        self.id = uuid.uuid4()
+        if logger is None:
+            logger = logging.getLogger(
+                "tether.server" if self.side is Side.SERVER else "tether.client"
+            )
+        self.logger = logger
+        #: the connected socket (for TLS, the TCP socket under it)
+        self.socket = sock
+        self.max_size = max_size
+        self.max_queue = max_queue
+        #: accepted for compatibility with the asyncio layer; here ``send`` returns
+        #: when the kernel has the bytes, so the socket's send buffer is the limit
+        self.write_limit = write_limit
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.request = None
+        self.response = None
+        self.subprotocol: str | None = None
+        #: round-trip time of the last ping answered, in seconds
+        self.latency: float = 0.0
+        self._remote = _address(sock.getpeername)
+        self._local = _address(sock.getsockname)
+        self._transport = _Transport(sock)
+        self._debug = self.logger.isEnabledFor(_DEBUG)
+        self._lock = threading.Lock()
+        # Signals new messages, room in the queue, the start of closing, the end.
+        self._cond = threading.Condition(self._lock)
+        # Wakes the timer thread when a deadline changes.
+        self._timer_cond = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()
+        # Held for a whole message, so that a fragmented one is not interleaved.
+        self._message_lock = threading.RLock()
+        self._closed = threading.Event()
+        self._open = False
+        self._finished = False
+        self._closing = False
+        self._write_closed = False
+        self._receiving = False
+        self._paused = False
+        self._pending: list[bytes] = []
+        self._pings: dict[bytes, PongWaiter] = {}
+        self._keepalive: PongWaiter | None = None
+        self._next_ping_at = 0.0
+        self._close_deadline: float | None = None
+        self._lost_exc: BaseException | None = None
+
+    # ------------------------------------------------------------ public attributes
+
+    @property
+    def state(self) -> State:
+        """CONNECTING, OPEN, CLOSING or CLOSED."""
+        if self._finished:
+            return State.CLOSED
+        if not self._open:
+            return State.CONNECTING
+        return self.protocol.state
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's address, as the socket gives it (``(host, port)`` for TCP)."""
+        return self._remote
+
+    @property
+    def local_address(self) -> Any:
+        """This side's address, as the socket gives it."""
+        return self._local
+
+    @property
+    def ssl_object(self) -> ssl_module.SSLObject | None:
+        """The TLS session (``getpeercert()``, ``version()``...), or ``None``."""
+        transport = self._transport
+        return transport.ssl_object if isinstance(transport, _TLSTransport) else None
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the close frame received; 1006 if the TCP connection was lost
+        without one; ``None`` while the connection is open."""
+        rcvd = self.protocol.close_rcvd if self._open else None
+        if rcvd is not None:
+            return rcvd.code
+        return 1006 if self._finished else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the close frame received (see :attr:`close_code`)."""
+        rcvd = self.protocol.close_rcvd if self._open else None
+        if rcvd is not None:
+            return rcvd.reason
+        return "" if self._finished else None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.state.name}>"
+
+    def respond(self, status: int, text: str = "") -> Response:
+        """Build a plain-text HTTP :class:`Response` for ``process_request``."""
+        return Response.text(status, text)
+
+    # --------------------------------------------------------------- opening
+
+    def _start_tls(
+        self, context: ssl_module.SSLContext, *, server_side: bool,
+        server_hostname: str | None, deadline: float | None,
+    ) -> None:
+        transport = _TLSTransport(
+            self.socket, context, server_side=server_side, server_hostname=server_hostname
+        )
+        self._transport = transport
+        transport.handshake(deadline)
+
+    def _open_protocol(self, trailing: bytes, codec: Codec | None) -> None:
+        """Switch to the WebSocket protocol after a successful handshake."""
+        tracer = self._trace if self._debug else None
+        self.protocol = Protocol(self.side, max_size=self.max_size, codec=codec, tracer=tracer)
+        self.socket.settimeout(None)
+        with self._lock:
+            self._open = True
+            if self.ping_interval is not None:
+                self._next_ping_at = time.monotonic() + self.ping_interval
+        if self._debug:
+            self.logger.debug("[%s] = connection is OPEN", self.id)
+        if trailing:
+            self._receive(trailing)
+            self._flush_pending()
+        name = str(self.id)[:8]
+        threading.Thread(target=self._read_loop, name=f"tether-reader-{name}",
+                         daemon=True).start()
+        if self.ping_interval is not None or self.close_timeout is not None:
+            threading.Thread(target=self._timer_loop, name=f"tether-timer-{name}",
+                             daemon=True).start()
+
+    def _close_unopened(self, *, graceful: bool) -> None:
+        """End a connection whose opening handshake did not succeed."""
+        if graceful:
+            # Let an HTTP error response reach the client before the socket goes.
+            try:
+                self._transport.shutdown_write()
+            except (OSError, ValueError):
+                pass
+        self._transport.abort()
+        self._transport.close()
+        with self._lock:
+            self._finished = True
+            self._cond.notify_all()
+        self._closed.set()
+
+    def _trace(self, direction: str, opcode: int, fin: bool, length: int, head: bytes) -> None:
+        name = _OPCODE_NAMES.get(opcode, hex(opcode))
+        self.logger.debug(
+            "[%s] %s %s%s %d bytes %r", self.id, direction, name, "" if fin else " (fin=0)",
+            length, head[:32],
+        )
+
+    # ------------------------------------------------------------ reader thread
+
+    def _read_loop(self) -> None:
+        exc: BaseException | None = None
+        try:
+            while True:
+                self._wait_for_room()
+                try:
+                    data = self._transport.recv()
+                except OSError as error:
+                    exc = error
+                    break
+                if not data:
+                    self._receive_eof()
+                    break
+                self._receive(data)
+                self._flush_pending()
+        except Exception as error:  # pragma: no cover - a bug: still end the connection
+            exc = error
+            self.logger.error("[%s] reader thread failed", self.id, exc_info=True)
+        finally:
+            self._finish(exc)
+
+    def _wait_for_room(self) -> None:
+        """Flow control: don't read while ``max_queue`` messages wait for ``recv``."""
+        max_queue = self.max_queue
+        if max_queue is None:
+            return
+        with self._lock:
+            messages = self.protocol.messages
+            if len(messages) < max_queue or self._closing:
+                return
+            self._paused = True
+            if self._debug:
+                self.logger.debug("[%s] - %d messages buffered: reading paused", self.id,
+                                  len(messages))
+            # Keep reading once closing starts, to see the close frame and the end.
+            while len(messages) > max_queue // 4 and not self._closing:
+                self._cond.wait()
+            self._paused = False
+
+    def _receive(self, data: bytes) -> None:
+        with self._lock:
+            protocol = self.protocol
+            protocol.receive_data(data)
+            if protocol.events:
+                self._handle_events()
+            out = protocol.data_to_send()
+            if out:
+                self._pending.extend(out)
+            if protocol.messages:
+                self._cond.notify_all()
+            self._check_closing()
+
+    def _receive_eof(self) -> None:
+        if self._debug:
+            self.logger.debug("[%s] < EOF received", self.id)
+        with self._lock:
+            self.protocol.receive_eof()
+
+    def _handle_events(self) -> None:
+        events = self.protocol.events
+        self.protocol.events = []
+        for event in events:
+            if type(event) is Pong:
+                self._pong_received(event.data)
+            elif type(event) is Close and self._debug:
+                self.logger.debug(
+                    "[%s] < close frame received: code %d reason %r; state CLOSING",
+                    self.id, event.code, event.reason,
+                )
+
+    def _pong_received(self, data: bytes) -> None:
+        pings = self._pings
+        if data not in pings:
+            return
+        now = time.monotonic()
+        # Acknowledge this ping and every ping sent before it.
+        for key in list(pings):
+            waiter = pings.pop(key)
+            waiter._acknowledge(now)
+            if waiter is self._keepalive:
+                self._timer_cond.notify()
+            if key == data:
+                self.latency = now - waiter.sent_at
+                break
+
+    def _check_closing(self) -> None:
+        """Notice the start of the closing handshake: arm the close timeout."""
+        protocol = self.protocol
+        if self._closing or protocol.close_sent is None:
+            return
+        self._closing = True
+        if protocol.exc is not None and self._debug:
+            self.logger.debug("[%s] ! failing the connection: %s", self.id, protocol.exc)
+        if self.close_timeout is not None:
+            # Don't wait forever for the peer's close frame or its end of the TCP
+            # connection (RFC 6455 7.1.1).
+            self._close_deadline = time.monotonic() + self.close_timeout
+        self._timer_cond.notify()
+        self._cond.notify_all()
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """The TCP connection is over: release every waiter, then the socket."""
+        with self._lock:
+            if self._lost_exc is None:
+                self._lost_exc = exc
+            protocol = self.protocol
+            protocol.state = State.CLOSED
+            self._finished = True
+            waiters = list(self._pings.values())
+            self._pings.clear()
+            self._cond.notify_all()
+            self._timer_cond.notify_all()
+        for waiter in waiters:
+            waiter.set()
+        # Wake a writer blocked in send; close the socket only once it has let go.
+        self._transport.abort()
+        with self._send_lock:
+            self._transport.close()
+        if self._debug:
+            rcvd, sent = protocol.close_rcvd, protocol.close_sent
+            how = "cleanly" if exc is None else f"with error {exc!r}"
+            self.logger.debug(
+                "[%s] = connection CLOSED %s; close frame received: %s; sent: %s",
+                self.id, how,
+                f"{rcvd.code} {rcvd.reason!r}" if rcvd else "none (1006)",
+                f"{sent.code} {sent.reason!r}" if sent else "none",
+            )
+        self._closed.set()
+
+    # ------------------------------------------------------------- timer thread
+
+    def _timer_loop(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if self._finished:
+                        return
+                    action, wait = self._next_timer(time.monotonic())
+                    if action is not None:
+                        break
+                    self._timer_cond.wait(wait)
+            action()
+
+    def _next_timer(self, now: float) -> tuple[Callable[[], None] | None, float | None]:
+        """Run what is due (lock held): return an action to run unlocked, or how long
+        to sleep (``None``: until woken)."""
+        deadlines: list[float] = []
+        if self._close_deadline is not None:
+            if now >= self._close_deadline:
+                self._close_deadline = None
+                return self._close_timed_out, None
+            deadlines.append(self._close_deadline)
+        if self.ping_interval is not None and self.protocol.state is State.OPEN:
+            keepalive = self._keepalive
+            if keepalive is not None and keepalive.is_set():
+                self._next_ping_at = keepalive.sent_at + self.ping_interval
+                self._keepalive = keepalive = None
+            if keepalive is None:
+                if now >= self._next_ping_at:
+                    self._send_keepalive(now)
+                    return self._flush_pending, None
+                deadlines.append(self._next_ping_at)
+            elif self.ping_timeout is not None:
+                limit = keepalive.sent_at + self.ping_timeout
+                if now >= limit:
+                    self.logger.info(
+                        "[%s] no pong within ping_timeout=%ss: closing with 1011",
+                        self.id, self.ping_timeout,
+                    )
+                    self._queue_close(1011, "keepalive ping timeout")
+                    return self._flush_pending, None
+                deadlines.append(limit)
+        return None, (min(deadlines) - now if deadlines else None)
+
+    def _send_keepalive(self, now: float) -> None:
+        payload = os.urandom(4)
+        while payload in self._pings:
+            payload = os.urandom(4)
+        waiter = PongWaiter(self, payload, now)
+        self._pings[payload] = self._keepalive = waiter
+        self._pending.append(self.protocol.send_ping(payload))
+        if self._debug:
+            self.logger.debug("[%s] > keepalive ping sent", self.id)
+
+    def _close_timed_out(self) -> None:
+        if self._debug:
+            self.logger.debug("[%s] x close timeout: aborting the TCP connection", self.id)
+        self._abort()
+
+    # ------------------------------------------------------------------ writing
+
+    def _flush_pending(self) -> None:
+        """Write queued frames, unless another thread is writing: it writes them when
+        it is done (it checks again after releasing the send lock)."""
+        while True:
+            with self._lock:
+                if not self._has_output():
+                    return
+            if not self._send_lock.acquire(blocking=False):
+                return
+            try:
+                with self._lock:
+                    chunks = self._take_output()
+                self._write(chunks)
+            finally:
+                self._send_lock.release()
+
+    def _has_output(self) -> bool:
+        return bool(self._pending) or self._eof_due() or (
+            self._transport.tls and not self._finished and self._transport.has_output()
+        )
+
+    def _eof_due(self) -> bool:
+        return (
+            self._open and not self._write_closed and not self._finished
+            and self.protocol.close_expected()
+        )
+
+    def _take_output(self) -> list[bytes]:
+        chunks = self._pending
+        self._pending = []
+        return chunks
+
+    def _write(self, chunks: list[bytes]) -> bool:
+        """Write frames, then half-close if the core says so (send lock held).
+
+        Return ``False`` when the connection broke; it is then being aborted.
+        """
+        try:
+            if chunks:
+                self._transport.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if self._transport.tls:
+                self._transport.flush()
+            with self._lock:
+                eof = self._eof_due()
+                if eof:
+                    self._write_closed = True
+            if eof:
+                # RFC 6455 7.1.1: the server closes the TCP connection first; either
+                # side does after failing the connection. The client waits for it.
+                if self._debug:
+                    self.logger.debug("[%s] x half-closing the TCP connection", self.id)
+                self._transport.shutdown_write()
+        except OSError as exc:
+            with self._lock:
+                if self._lost_exc is None and not self._finished:
+                    self._lost_exc = exc
+            if self._debug:
+                self.logger.debug("[%s] ! write failed: %r", self.id, exc)
+            self._abort()
+            return False
+        return True
+
+    def _abort(self) -> None:
+        """Drop the TCP connection; the reader thread then finishes the connection."""
+        with self._lock:
+            self._closing = True
+            self._cond.notify_all()
+        self._transport.abort()
+
+    def _queue_close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (lock held); the frame is written by a flush."""
+        protocol = self.protocol
+        if protocol.state is not State.OPEN or self._finished:
+            return
+        data = protocol.send_close(code, reason)
+        if self._debug:
+            self.logger.debug("[%s] > closing with code %d %r; state CLOSING", self.id, code,
+                              reason)
+        if data:
+            self._pending.append(data)
+        self._check_closing()
+
+    def _send_frames(self, build: Callable[[Protocol], bytes]) -> None:
+        """Build frames with the core and write them, in order (send lock held)."""
+        with self._send_lock:
+            chunks: list[bytes] | None = None
+            with self._lock:
+                if not self._open:
+                    raise InvalidState("the opening handshake is not complete")
+                if self.protocol.state is State.OPEN and not self._finished:
+                    data = build(self.protocol)
+                    chunks = self._take_output()
+                    chunks.append(data)
+            written = chunks is not None and self._write(chunks)
+        self._flush_pending()
+        if not written:
+            self._raise_closed()
+
+    # --------------------------------------------------------------- receiving
+
+    def recv(self, timeout: float | None = None, decode: bool | None = None) -> Data:
+        """Return the next message: ``str`` for a text frame, ``bytes`` for binary.
+
+        Blocks until a message arrives or ``timeout`` seconds pass; then raises
+        :class:`TimeoutError` and loses nothing: the next message is left for the next
+        ``recv``. ``timeout=0`` only returns a message already received.
+        ``decode=False`` returns text messages as UTF-8 ``bytes``; ``decode=True``
+        returns binary messages decoded as UTF-8 ``str``.
+
+        Raises :class:`ConnectionClosedOK` / :class:`ConnectionClosedError` once the
+        connection is closed and every message received before was returned, and
+        :class:`RuntimeError` if another thread is already in ``recv``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if not self._open:
+                raise InvalidState("the opening handshake is not complete")
+            if self._receiving:
+                raise RuntimeError(
+                    "cannot call recv while another thread is already running recv; "
+                    "read from one thread and hand messages to others"
+                )
+            self._receiving = True
+            try:
+                message = self._next_message(deadline, timeout)
+            finally:
+                self._receiving = False
+        if decode is None:
+            return message
+        if decode and type(message) is bytes:
+            return message.decode("utf-8")
+        if not decode and type(message) is str:
+            return message.encode("utf-8")
+        return message
+
+    def _next_message(self, deadline: float | None, timeout: float | None) -> Data:
+        messages = self.protocol.messages
+        while not messages:
+            if self._finished:
+                raise self._closed_exc()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no message received within {timeout} s")
+            self._cond.wait(_slice(left))
+        message = messages.popleft()
+        if self._paused and len(messages) <= (self.max_queue or 0) // 4:
+            self._cond.notify_all()
+        return message
+
+    def __iter__(self) -> Iterator[Data]:
+        """Iterate over messages; end quietly on a normal closure (1000, 1001).
+
+        An abnormal closure raises :class:`ConnectionClosedError`.
+        """
+        try:
+            while True:
+                yield self.recv()
+        except ConnectionClosedOK:
+            return
+
+    def _closed_exc(self) -> ConnectionClosed:
+        """The exception that tells how the connection was closed."""
+        if not self._open:
+            return ConnectionClosedError(1006, "")
+        protocol = self.protocol
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        code = rcvd.code if rcvd is not None else 1006
+        reason = rcvd.reason if rcvd is not None else ""
+        ok = rcvd is not None and sent is not None and (
+            rcvd.code in OK_CLOSE_CODES and sent.code in OK_CLOSE_CODES
+        )
+        cls = ConnectionClosedOK if ok else ConnectionClosedError
+        exc = cls(
+            code, reason,
+            sent_code=sent.code if sent is not None else None,
+            sent_reason=sent.reason if sent is not None else "",
+            rcvd_then_sent=protocol.close_rcvd_then_sent,
+        )
+        if protocol.exc is not None:
+            exc.__cause__ = protocol.exc
+        elif self._lost_exc is not None:
+            exc.__cause__ = self._lost_exc
+        return exc
+
+    def _raise_closed(self) -> None:
+        """Wait until the TCP connection is closed, then raise how it ended."""
+        if not self._open:
+            raise InvalidState("the opening handshake is not complete")
+        _wait_event(self._closed, None)
+        raise self._closed_exc()
+
+    # ----------------------------------------------------------------- sending
+
+    def send(self, message: Data | BytesLike | Iterable[Data | BytesLike]) -> None:
+        """Send a message: ``str`` as text, bytes-like as binary.
+
+        An iterable of ``str`` (or of bytes-like) is sent as one fragmented message, a
+        frame per item; other threads' messages wait until it is complete. Returns once
+        the kernel has taken the bytes (blocks while the peer does not read). Raises
+        :class:`ConnectionClosed` once the connection is closing.
+        """
+        if isinstance(message, (str, bytes, bytearray, memoryview)):
+            with self._message_lock:
+                self._send_frames(functools.partial(Protocol.send_message, message=message))
+            return
+        if isinstance(message, Mapping):
+            raise TypeError("message must be str, bytes-like, or an iterable of them, not a dict")
+        if not isinstance(message, Iterable):
+            raise TypeError(
+                f"message must be str, bytes-like, or an iterable of them, not "
+                f"{type(message).__name__}"
+            )
+        with self._message_lock:
+            self._send_fragments(message)
+
+    def _send_fragments(self, fragments: Iterable[Data | BytesLike]) -> None:
+        started = False
+        previous: Data | BytesLike | None = None
+        try:
+            for fragment in fragments:
+                if not isinstance(fragment, (str, bytes, bytearray, memoryview)):
+                    raise TypeError(
+                        f"fragments must be str or bytes-like, not {type(fragment).__name__}"
+                    )
+                if previous is not None:
+                    self._send_frames(
+                        functools.partial(Protocol.send_fragment, data=previous, fin=False)
+                    )
+                    started = True
+                previous = fragment
+            if previous is not None:
+                self._send_frames(
+                    functools.partial(Protocol.send_fragment, data=previous, fin=True)
+                )
+        except BaseException:
+            if started:
+                # The message can't be finished, and no other may start: close 1011.
+                with self._lock:
+                    self._queue_close(1011, "error while sending a fragmented message")
+                self._flush_pending()
+            raise
+
+    # ----------------------------------------------------------- ping and pong
+
+    def ping(self, data: str | BytesLike | None = None) -> PongWaiter:
+        """Send a ping; return a :class:`PongWaiter`, set when the pong arrives.
+
+        ``ws.ping().result(timeout=5)`` waits and returns the round-trip time in
+        seconds; ``ws.ping().wait(5)`` is the :class:`threading.Event` way. ``data``
+        (up to 125 bytes) defaults to 4 random bytes. Pings are answered with pongs
+        automatically; a pong also acknowledges every earlier ping.
+        """
+        payload = data.encode() if isinstance(data, str) else (
+            None if data is None else bytes(data)
+        )
+        with self._lock:
+            if not self._open:
+                raise InvalidState("the opening handshake is not complete")
+            waiter = None
+            if self.protocol.state is State.OPEN and not self._finished:
+                if payload is None:
+                    payload = os.urandom(4)
+                    while payload in self._pings:
+                        payload = os.urandom(4)
+                elif payload in self._pings:
+                    raise ValueError("a ping with the same data is already waiting for its pong")
+                frame = self.protocol.send_ping(payload)
+                waiter = PongWaiter(self, payload, time.monotonic())
+                self._pings[payload] = waiter
+                self._pending.append(frame)
+        if waiter is None:
+            self._raise_closed()
+        assert waiter is not None
+        self._flush_pending()
+        return waiter
+
+    def pong(self, data: str | BytesLike = b"") -> None:
+        """Send an unsolicited pong (a unidirectional heartbeat)."""
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        with self._lock:
+            if not self._open:
+                raise InvalidState("the opening handshake is not complete")
+            closed = self.protocol.state is not State.OPEN or self._finished
+            if not closed:
+                self._pending.append(self.protocol.send_pong(payload))
+        if closed:
+            self._raise_closed()
+        self._flush_pending()
+
+    # ----------------------------------------------------------------- closing
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection: send a close frame, wait for the peer's and for the
+        TCP connection to end (at most ``close_timeout``, then it is aborted).
+        Idempotent; safe to call from any thread."""
+        Close(code, reason).check()
+        if not self._open:
+            if not self._finished:
+                self._close_unopened(graceful=False)
+            return
+        with self._lock:
+            self._queue_close(code, reason)
+        self._flush_pending()
+        _wait_event(self._closed, None)
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait until the connection is closed; raise :class:`TimeoutError` after
+        ``timeout`` seconds."""
+        if not _wait_event(self._closed, timeout):
+            raise TimeoutError(f"connection not closed within {timeout} s")
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _address(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except OSError:
+        return None
