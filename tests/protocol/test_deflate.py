@@ -337,7 +337,7 @@ class TestSection7_1ClientNegotiation:
     @pytest.mark.parametrize(
         ("settings", "offer"),
         [
-            (Deflate(), {"server_max_window_bits": "12", "client_max_window_bits": "12"}),
+            (Deflate(), {"server_max_window_bits": "12", "client_max_window_bits": None}),
             (
                 Deflate(server_max_window_bits=15, client_max_window_bits=15),
                 {"client_max_window_bits": None},
@@ -353,7 +353,7 @@ class TestSection7_1ClientNegotiation:
                     "server_no_context_takeover": None,
                     "client_no_context_takeover": None,
                     "server_max_window_bits": "9",
-                    "client_max_window_bits": "10",
+                    "client_max_window_bits": None,
                 },
             ),
         ],
@@ -423,7 +423,6 @@ class TestSection7_1ClientNegotiation:
             (Deflate(), "permessage-deflate; server_max_window_bits=13"),
             (Deflate(), "permessage-deflate; server_max_window_bits=7"),
             (Deflate(), "permessage-deflate; server_max_window_bits"),
-            (Deflate(), "permessage-deflate; server_max_window_bits=12; client_max_window_bits=13"),
             (Deflate(), "permessage-deflate; server_max_window_bits=12; client_max_window_bits"),
             (Deflate(), "permessage-deflate; server_max_window_bits=12; foo=1"),
             (
@@ -457,7 +456,9 @@ class TestSection7_1ClientNegotiation:
             server_no_context_takeover=True, server_max_window_bits=10, client_max_window_bits=11
         )
         client_codec, server_codec = negotiate(settings, Deflate())
-        assert client_codec.local_max_window_bits == server_codec.remote_max_window_bits == 11
+        # The client never compresses with a larger window than the server inflates with.
+        assert client_codec.local_max_window_bits == 11
+        assert server_codec.remote_max_window_bits == 12
         assert client_codec.remote_max_window_bits == server_codec.local_max_window_bits == 10
         assert client_codec.remote_no_context_takeover is True
         assert server_codec.local_no_context_takeover is True
@@ -892,3 +893,13 @@ class TestRoundTripWithDeflate:
         assert [e.data for e in receiver.events if isinstance(e, Ping)] == pings
         sender.receive_data(b"".join(receiver.data_to_send()))
         assert [e.data for e in sender.events if isinstance(e, Pong)] == pings
+
+
+def test_client_clamps_a_larger_client_window_from_the_server() -> None:
+    """A server may answer client_max_window_bits=15 to a valueless offer (Autobahn 13.4):
+    the client keeps compressing with its own, smaller window, which is always valid."""
+    codec = client_accept(
+        ["permessage-deflate; server_max_window_bits=12; client_max_window_bits=15"], Deflate()
+    )
+    assert codec is not None
+    assert codec.local_max_window_bits == 12

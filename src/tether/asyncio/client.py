@@ -122,8 +122,10 @@ class ClientConnection(Connection):
             self.transport.close()
             return
         self.subprotocol = subprotocol
-        self._open_protocol(self._handshake.trailing_data)
+        # Open first: frames that came with the response (even a close frame) are
+        # the connection's business, not a handshake failure.
         self.handshake_waiter.set_result(None)
+        self._open_protocol(self._handshake.trailing_data)
 
     def eof_received(self) -> bool | None:
         """The server closed its side: complete an error response or end the connection."""

@@ -274,9 +274,12 @@ class Connection(asyncio.Protocol):
         if protocol.close_expected() and not transport.is_closing():
             if self._debug:
                 self.logger.debug("[%s] x half-closing the TCP connection", self.id)
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+            except OSError:  # the peer is already gone (ENOTCONN...)
                 transport.close()
         if self._close_handle is None and not transport.is_closing():
             # Don't wait forever for the peer's close frame or its end of the TCP

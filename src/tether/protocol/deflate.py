@@ -329,9 +329,9 @@ def _server_accept_one(params: Params, s: Deflate) -> tuple[str, PerMessageDefla
 def client_offer(settings: Deflate) -> str:
     """The client's Sec-WebSocket-Extensions offer.
 
-    It asks for the window sizes of ``settings`` (12 bits each by default, to keep
-    memory low); with 15 it is what browsers send, ``permessage-deflate;
-    client_max_window_bits``.
+    It asks for the server's window of ``settings`` (12 bits by default, to keep
+    memory low) and offers ``client_max_window_bits`` without a value, as browsers
+    do; the client then compresses with at most its own ``client_max_window_bits``.
     """
     offer = ["permessage-deflate"]
     if settings.server_no_context_takeover:
@@ -340,10 +340,10 @@ def client_offer(settings: Deflate) -> str:
         offer.append("client_no_context_takeover")
     if settings.server_max_window_bits != 15:
         offer.append(f"server_max_window_bits={settings.server_max_window_bits}")
-    if settings.client_max_window_bits != 15:
-        offer.append(f"client_max_window_bits={settings.client_max_window_bits}")
-    else:
-        offer.append("client_max_window_bits")
+    # Without a value, as browsers send it: the server may then set the client's
+    # window, and the client compresses with the smaller of that and its own setting
+    # (a smaller window than allowed is always valid).
+    offer.append("client_max_window_bits")
     return "; ".join(offer)
 
 
@@ -383,12 +383,7 @@ def client_accept(values: list[str], settings: Deflate | None) -> PerMessageDefl
     if "client_max_window_bits" in p:
         bits = _window_bits("client_max_window_bits", p["client_max_window_bits"], False)
         assert bits is not None
-        if bits > settings.client_max_window_bits:
-            raise NegotiationError(
-                f"client_max_window_bits={bits} is more than offered "
-                f"({settings.client_max_window_bits})"
-            )
-        client_bits = bits
+        client_bits = min(bits, client_bits)
     return PerMessageDeflate(
         remote_no_context_takeover=server_nct,
         local_no_context_takeover=client_nct,
