@@ -24,9 +24,11 @@ HERE = Path(__file__).resolve().parent
 
 CASES = ("*",)
 # 12.* and 13.* are the permessage-deflate cases: ~10 more minutes a side, and they need
-# compression="deflate" on both peers. Run them with the full run described in README.md.
+# compression="deflate" on both peers; test_autobahn_deflate runs them (CI runs both;
+# TETHER_AUTOBAHN_SKIP_DEFLATE=1 skips them for a quick local run).
 EXCLUDE = ("12.*", "13.*")
 COMPRESSION = "none"
+DEFLATE_CASES = ("12.*", "13.*")
 
 
 def _load_runner() -> ModuleType:
@@ -69,14 +71,28 @@ def require_wstest() -> Path:
 @pytest.mark.timeout(2700)
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_autobahn(side: str) -> None:
-    wstest = require_wstest()
     cases = _patterns("TETHER_AUTOBAHN_CASES", CASES)
     exclude = _patterns("TETHER_AUTOBAHN_EXCLUDE", EXCLUDE)
     compression = os.environ.get("TETHER_AUTOBAHN_COMPRESSION", COMPRESSION)
+    _run(side, cases, exclude, compression, "pytest")
+
+
+@pytest.mark.autobahn
+@pytest.mark.timeout(2700)
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_autobahn_deflate(side: str) -> None:
+    """Cases 12.* and 13.*: permessage-deflate with every parameter combination."""
+    if os.environ.get("TETHER_AUTOBAHN_SKIP_DEFLATE") == "1":
+        pytest.skip("TETHER_AUTOBAHN_SKIP_DEFLATE=1")
+    _run(side, list(DEFLATE_CASES), [], "deflate", "pytest-deflate")
+
+
+def _run(side: str, cases: list[str], exclude: list[str], compression: str, out: str) -> None:
+    wstest = require_wstest()
     opts = runner.Options(
         cases=cases,
         exclude=exclude,
-        outdir=runner.REPO / ".autobahn" / "pytest",
+        outdir=runner.REPO / ".autobahn" / out,
         impl="tether",
         compression=compression,
         # The runner's own limit (600 s, or 2400 s with 12.*/13.*) fires before pytest's.
