@@ -1,5 +1,7 @@
 """tether: WebSocket (RFC 6455, RFC 7692) for asyncio, with a sans-I/O core.
 
+The same API with blocking calls, for code that is not async, is in :mod:`tether.sync`.
+
 The public API: :func:`serve` and :func:`connect` (and their Unix-socket twins),
 the :class:`Connection` they give, :class:`Response` for plain HTTP answers,
 :class:`Deflate` to tune compression, and the exceptions rooted at :class:`TetherError`.

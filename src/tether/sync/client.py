@@ -2,7 +2,7 @@
 
 Opening is blocking and bounded as a whole by ``open_timeout``: the TCP (or Unix)
 connection, the TLS handshake, then the HTTP upgrade, each with the socket's timeout
-set to what is left. The URI is parsed by the asyncio client's :func:`parse_uri`, so
+set to what is left. The URI is parsed by :func:`tether.uri.parse_uri`, so
 both layers accept and refuse the same URIs.
 """
 
@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..asyncio.client import WebSocketURI, _auth_headers, parse_uri
 from ..protocol.connection import Side
 from ..protocol.deflate import Deflate, client_accept, client_offer, compression_settings
 from ..protocol.handshake import ClientHandshake
 from ..protocol.http import Headers, HeadersLike
+from ..uri import WebSocketURI, auth_headers, parse_uri
 from .connection import Connection, _remaining
 
 __all__ = ["ClientConnection", "connect", "unix_connect"]
@@ -158,7 +158,7 @@ def _connect(
     if ssl is not None and ssl is not False and not wsuri.secure:
         raise ValueError("ssl= was given for a ws:// URI; use wss:// for TLS")
     settings = compression_settings(compression)
-    headers = list(_auth_headers(wsuri))
+    headers = list(auth_headers(wsuri))
     if additional_headers is not None:
         headers.extend(Headers(additional_headers).raw_items())
     handshake = ClientHandshake(

@@ -8,8 +8,9 @@ Strategy. An open connection has two background threads and no event loop:
   returns it, so a ``recv`` that times out loses nothing. The reader stops reading
   while ``max_queue`` messages wait (TCP then pushes back on the peer) and resumes when
   ``recv`` has brought them down to a quarter of that.
-- the *timer* owns every deadline: keepalive pings, their ``ping_timeout``, and the
-  ``close_timeout`` after which the TCP connection is aborted.
+- the *timer* owns every deadline: keepalive pings, their ``ping_timeout``, the grace
+  period of a failure's close frame (``FAIL_GRACE``), and the ``close_timeout`` after
+  which the TCP connection is aborted.
 
 ``_lock`` guards the core and this driver's state and is never held across blocking
 I/O. Writers hold ``_send_lock`` from building frames to handing them to the kernel, so
@@ -56,11 +57,17 @@ Data = str | bytes
 _C = TypeVar("_C", bound="Connection")
 BytesLike = bytes | bytearray | memoryview
 OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
+#: Seconds a failure's close frame waits for the application to read the messages
+#: that arrived before the offending frame (see ``Protocol._fail``); as in asyncio.
+FAIL_GRACE = 1.0
 #: Bytes asked of the socket per read.
 RECV_SIZE = 2**16
 #: Plaintext bytes encrypted per step when sending over TLS.
 TLS_CHUNK = 2**16
 _DEBUG = logging.DEBUG
+# The connection's clock: round trips and deadlines. Fine-grained everywhere
+# (time.monotonic has 15 ms steps on Windows).
+_clock = time.perf_counter
 _OPCODE_NAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
 # On POSIX a thread blocked on a lock or condition is interrupted by Ctrl-C; on Windows
 # it is not, so waits there are cut into slices and KeyboardInterrupt gets through.
@@ -237,7 +244,7 @@ class PongWaiter(threading.Event):
         super().__init__()
         #: the ping's payload
         self.data = data
-        #: when the ping was queued (:func:`time.monotonic`)
+        #: when the ping was queued (:func:`time.perf_counter`)
         self.sent_at = sent_at
         #: the round-trip time in seconds once the pong arrived, else ``None``
         self.latency: float | None = None
@@ -336,6 +343,7 @@ class Connection:
         self._keepalive: PongWaiter | None = None
         self._next_ping_at = 0.0
         self._close_deadline: float | None = None
+        self._fail_deadline: float | None = None
         self._lost_exc: BaseException | None = None
 
     # ------------------------------------------------------------ public attributes
@@ -409,21 +417,25 @@ class Connection:
         with self._lock:
             self._open = True
             if self.ping_interval is not None:
-                self._next_ping_at = time.monotonic() + self.ping_interval
+                self._next_ping_at = _clock() + self.ping_interval
         if self._debug:
             self.logger.debug("[%s] = connection is OPEN", self.id)
         if trailing:
             self._receive(trailing)
             self._flush_pending()
         name = str(self.id)[:8]
-        threading.Thread(target=self._read_loop, name=f"tether-reader-{name}",
-                         daemon=True).start()
-        if self.ping_interval is not None or self.close_timeout is not None:
+        try:
             threading.Thread(target=self._timer_loop, name=f"tether-timer-{name}",
                              daemon=True).start()
+            threading.Thread(target=self._read_loop, name=f"tether-reader-{name}",
+                             daemon=True).start()
+        except BaseException:
+            # No thread to run the connection (RuntimeError: can't start new thread).
+            self._close_unopened(graceful=False)
+            raise
 
     def _close_unopened(self, *, graceful: bool) -> None:
-        """End a connection whose opening handshake did not succeed."""
+        """End a connection that has no reader thread (the handshake failed)."""
         if graceful:
             # Let an HTTP error response reach the client before the socket goes.
             try:
@@ -435,6 +447,7 @@ class Connection:
         with self._lock:
             self._finished = True
             self._cond.notify_all()
+            self._timer_cond.notify_all()
         self._closed.set()
 
     def _trace(self, direction: str, opcode: int, fin: bool, length: int, head: bytes) -> None:
@@ -474,7 +487,7 @@ class Connection:
             return
         with self._lock:
             messages = self.protocol.messages
-            if len(messages) < max_queue or self._closing:
+            if len(messages) < max(max_queue, 1) or self._closing:
                 return
             self._paused = True
             if self._debug:
@@ -496,6 +509,16 @@ class Connection:
                 self._pending.extend(out)
             if protocol.messages:
                 self._cond.notify_all()
+            if protocol.pending_close is not None and self._fail_deadline is None:
+                # Failed, but earlier messages wait to be read: give the application
+                # FAIL_GRACE seconds to read them before the close frame goes.
+                if self._debug:
+                    self.logger.debug(
+                        "[%s] ! failing the connection once earlier messages are read: %s",
+                        self.id, protocol.exc,
+                    )
+                self._fail_deadline = _clock() + FAIL_GRACE
+                self._timer_cond.notify()
             self._check_closing()
 
     def _receive_eof(self) -> None:
@@ -520,7 +543,7 @@ class Connection:
         pings = self._pings
         if data not in pings:
             return
-        now = time.monotonic()
+        now = _clock()
         # Acknowledge this ping and every ping sent before it.
         for key in list(pings):
             waiter = pings.pop(key)
@@ -542,7 +565,7 @@ class Connection:
         if self.close_timeout is not None:
             # Don't wait forever for the peer's close frame or its end of the TCP
             # connection (RFC 6455 7.1.1).
-            self._close_deadline = time.monotonic() + self.close_timeout
+            self._close_deadline = _clock() + self.close_timeout
         self._timer_cond.notify()
         self._cond.notify_all()
 
@@ -583,7 +606,7 @@ class Connection:
                 while True:
                     if self._finished:
                         return
-                    action, wait = self._next_timer(time.monotonic())
+                    action, wait = self._next_timer(_clock())
                     if action is not None:
                         break
                     self._timer_cond.wait(wait)
@@ -593,6 +616,11 @@ class Connection:
         """Run what is due (lock held): return an action to run unlocked, or how long
         to sleep (``None``: until woken)."""
         deadlines: list[float] = []
+        if self._fail_deadline is not None and self.protocol.pending_close is not None:
+            if now >= self._fail_deadline:
+                self._fail_now()
+                return self._flush_pending, None
+            deadlines.append(self._fail_deadline)
         if self._close_deadline is not None:
             if now >= self._close_deadline:
                 self._close_deadline = None
@@ -630,6 +658,13 @@ class Connection:
         if self._debug:
             self.logger.debug("[%s] > keepalive ping sent", self.id)
 
+    def _fail_now(self) -> None:
+        """Send the close frame of a failure held back for earlier messages (lock held)."""
+        protocol = self.protocol
+        protocol.fail_now()
+        self._pending.extend(protocol.data_to_send())
+        self._check_closing()
+
     def _close_timed_out(self) -> None:
         if self._debug:
             self.logger.debug("[%s] x close timeout: aborting the TCP connection", self.id)
@@ -649,7 +684,8 @@ class Connection:
             try:
                 with self._lock:
                     chunks = self._take_output()
-                self._write(chunks)
+                if not self._write(chunks):
+                    return  # the connection is being aborted
             finally:
                 self._send_lock.release()
 
@@ -659,9 +695,11 @@ class Connection:
         )
 
     def _eof_due(self) -> bool:
+        # Only once every queued frame is out: the close reply may still be pending
+        # when another thread finishes a write.
         return (
-            self._open and not self._write_closed and not self._finished
-            and self.protocol.close_expected()
+            self._open and not self._pending and not self._write_closed
+            and not self._finished and self.protocol.close_expected()
         )
 
     def _take_output(self) -> list[bytes]:
@@ -697,6 +735,10 @@ class Connection:
                 self.logger.debug("[%s] ! write failed: %r", self.id, exc)
             self._abort()
             return False
+        except BaseException:
+            # Interrupted (Ctrl-C) in the middle of a frame: the stream can't go on.
+            self._abort()
+            raise
         return True
 
     def _abort(self) -> None:
@@ -777,6 +819,10 @@ class Connection:
         while not messages:
             if self._finished:
                 raise self._closed_exc()
+            if self.protocol.pending_close is not None and self._fail_deadline != 0.0:
+                # No message before the failure is left: fail now (the timer sends it).
+                self._fail_deadline = 0.0
+                self._timer_cond.notify()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"no message received within {timeout} s")
@@ -904,7 +950,7 @@ class Connection:
                 elif payload in self._pings:
                     raise ValueError("a ping with the same data is already waiting for its pong")
                 frame = self.protocol.send_ping(payload)
-                waiter = PongWaiter(self, payload, time.monotonic())
+                waiter = PongWaiter(self, payload, _clock())
                 self._pings[payload] = waiter
                 self._pending.append(frame)
         if waiter is None:

@@ -69,7 +69,7 @@ class ServerConnection(Connection):
         """The connection's thread: handshake, then the handler, then closing."""
         if not self._open_handshake():
             return
-        if self.server._shutting_down:
+        if self.server._shutting_down and self.server._close_connections:
             self._close_quietly(1001, "server shutting down")
             return
         code = 1011
@@ -116,6 +116,10 @@ class ServerConnection(Connection):
         except OSError as exc:  # also ssl.SSLError
             if self._debug:
                 self.logger.debug("[%s] opening handshake failed: %r", self.id, exc)
+            self._close_unopened(graceful=False)
+            return False
+        except Exception:  # pragma: no cover - a bug: don't leak the socket
+            self.logger.error("[%s] opening handshake failed", self.id, exc_info=True)
             self._close_unopened(graceful=False)
             return False
         if response.status != 101:
@@ -210,7 +214,7 @@ class Server:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | Sequence[socket.socket],
         handler: Handler,
         *,
         origins: Sequence[str | None] | None = None,
@@ -229,8 +233,11 @@ class Server:
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
-        #: the listening socket
-        self.socket = sock
+        self._sockets = (sock,) if isinstance(sock, socket.socket) else tuple(sock)
+        if not self._sockets:
+            raise ValueError("a server needs at least one listening socket")
+        #: the (first) listening socket
+        self.socket = self._sockets[0]
         self.handler = handler
         self.origins = origins
         self.subprotocols = subprotocols
@@ -256,6 +263,9 @@ class Server:
         self._threads: set[threading.Thread] = set()
         self._shutting_down = False
         self._close_connections = True
+        # shutdown() was called in serve_forever's thread (a signal handler): the
+        # closing is then serve_forever's to do, once it is out of select().
+        self._teardown_in_serve_forever = False
         self._serving_thread: threading.Thread | None = None
         self._serve_done = threading.Event()
         self._stop = threading.Event()
@@ -265,19 +275,21 @@ class Server:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        sock.setblocking(False)
-        self.logger.info("server listening on %s", _format_address(sock))
+        self._address = self.socket.getsockname()
+        for listener in self._sockets:
+            listener.setblocking(False)
+            self.logger.info("server listening on %s", _format_address(listener))
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        """The listening sockets (one)."""
-        return (self.socket,)
+        """The listening sockets: one per address the host resolved to."""
+        return self._sockets
 
     @property
     def port(self) -> int:
-        """The bound port of the listening socket."""
+        """The bound port (the same on every listening socket)."""
         if self.socket.family in (socket.AF_INET, socket.AF_INET6):
-            return int(self.socket.getsockname()[1])
+            return int(self._address[1])
         raise RuntimeError("the server has no TCP socket")
 
     @property
@@ -287,10 +299,12 @@ class Server:
             return {c for c in self._connections if c._open and not c._finished}
 
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`shutdown` is called; then close and return.
+        """Accept connections until :meth:`shutdown` is called.
 
-        Ctrl-C (KeyboardInterrupt) also ends it; used as ``with serve(...) as server``,
-        leaving the block then shuts the server down.
+        :meth:`shutdown` closes the connections; when it was called from this thread
+        (a signal handler), this method does the closing before it returns. Ctrl-C
+        (KeyboardInterrupt) also ends it: with ``with serve(...) as server``, leaving
+        the block then shuts the server down.
         """
         with self._lock:
             if self._serving_thread is not None:
@@ -301,23 +315,26 @@ class Server:
             self._serve_done.clear()
         try:
             with selectors.DefaultSelector() as selector:
-                selector.register(self.socket, selectors.EVENT_READ)
+                for listener in self._sockets:
+                    selector.register(listener, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
                 while not self._shutting_down:
                     for key, _ in selector.select():
-                        if key.fileobj is self.socket and not self._shutting_down:
-                            self._accept()
-                        elif key.fileobj is self._wake_r:
+                        if key.fileobj is self._wake_r:
                             self._drain_wakeup()
+                        elif not self._shutting_down:
+                            self._accept(cast(socket.socket, key.fileobj))
         finally:
             with self._lock:
                 self._serving_thread = None
+                teardown = self._teardown_in_serve_forever
             self._serve_done.set()
-        self._teardown()
+        if teardown:
+            self._teardown()
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         try:
-            sock, _ = self.socket.accept()
+            sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as exc:
@@ -338,9 +355,14 @@ class Server:
                 target=self._run_connection, args=(conn,),
                 name=f"tether-conn-{str(conn.id)[:8]}", daemon=True,
             )
+            try:
+                thread.start()
+            except RuntimeError as exc:  # can't start new thread: refuse this one
+                self.logger.error("cannot start a thread for a connection: %s", exc)
+                sock.close()
+                return
             self._connections.add(conn)
             self._threads.add(thread)
-            thread.start()
 
     def _run_connection(self, conn: ServerConnection) -> None:
         try:
@@ -378,6 +400,8 @@ class Server:
             if not close_connections:
                 self._close_connections = False
             serving = self._serving_thread
+            if serving is threading.current_thread():
+                self._teardown_in_serve_forever = True
         self._stop.set()
         self._wake()
         if serving is threading.current_thread():
@@ -398,7 +422,8 @@ class Server:
             self.logger.info("server closed")
 
     def _close_listener(self) -> None:
-        self.socket.close()
+        for listener in self._sockets:
+            listener.close()
         self._wake_r.close()
         self._wake_w.close()
         if self._unix_path is not None:
@@ -463,20 +488,30 @@ def _format_address(sock: socket.socket) -> str:
 
 
 def _listen(host: str | None, port: int | None, backlog: int, reuse_port: bool
-            ) -> socket.socket:
+            ) -> list[socket.socket]:
+    """Listening sockets for ``host``: every address it resolves to, on one port."""
     port = port or 0
     if not host:
         # Every interface: IPv6 and IPv4 on one socket where the system allows it.
         if socket.has_dualstack_ipv6():
-            return socket.create_server(("", port), family=socket.AF_INET6,
-                                        dualstack_ipv6=True, backlog=backlog,
-                                        reuse_port=reuse_port)
-        return socket.create_server(("", port), backlog=backlog, reuse_port=reuse_port)
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    return socket.create_server(address[:2] if family == socket.AF_INET else address,
-                                family=family, backlog=backlog, reuse_port=reuse_port)
+            return [socket.create_server(("", port), family=socket.AF_INET6,
+                                         dualstack_ipv6=True, backlog=backlog,
+                                         reuse_port=reuse_port)]
+        return [socket.create_server(("", port), backlog=backlog, reuse_port=reuse_port)]
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    sockets: list[socket.socket] = []
+    try:
+        for family, (ip, _, *scope) in addresses:
+            # With port 0 the first socket picks the port; the others share it.
+            bound = sockets[0].getsockname()[1] if sockets else port
+            sockets.append(socket.create_server((ip, bound, *scope), family=family,
+                                                backlog=backlog, reuse_port=reuse_port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def serve(
@@ -508,19 +543,23 @@ def serve(
     ``handler(connection)`` runs in a thread of its own for each connection, once the
     opening handshake succeeded; when it returns the connection is closed with 1000,
     when it raises with 1011 (and the traceback is logged on ``tether.server``).
-    ``host`` ``None`` or ``""`` listens on every interface; port 0 or ``None`` picks
-    a free port (see :attr:`Server.port`). ``ssl`` is an :class:`ssl.SSLContext` for
+    ``host`` ``None`` or ``""`` listens on every interface, a name on every address it
+    resolves to (``"localhost"``: 127.0.0.1 and ::1); port 0 or ``None`` picks a free
+    port (see :attr:`Server.port`). ``ssl`` is an :class:`ssl.SSLContext` for
     ``wss://``; ``sock`` a socket already bound and listening, instead of ``host`` and
     ``port``. Options: as for :func:`tether.serve`.
 
     ``with serve(handler, "localhost", 8765) as server: server.serve_forever()``
     """
+    sockets: socket.socket | list[socket.socket]
     if sock is None:
-        sock = _listen(host, port, backlog, reuse_port)
+        sockets = _listen(host, port, backlog, reuse_port)
     elif host is not None or port is not None:
         raise ValueError("pass either sock= or host and port, not both")
+    else:
+        sockets = sock
     return Server(
-        sock, handler, origins=origins, subprotocols=subprotocols,
+        sockets, handler, origins=origins, subprotocols=subprotocols,
         select_subprotocol=select_subprotocol, compression=compression,
         process_request=process_request, process_response=process_response,
         open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
