@@ -27,3 +27,19 @@ export TETHER_REQUIRE_AUTOBAHN=${TETHER_REQUIRE_AUTOBAHN:-1}
 export TETHER_REQUIRE_PEERS=${TETHER_REQUIRE_PEERS:-1}
 export PYTHONASYNCIODEBUG=${PYTHONASYNCIODEBUG:-0}
 .venv/bin/python -m pytest "$@"
+
+# The other supported Pythons (3.10 and 3.13, from pyenv when present): the fast suites.
+for version in ${TETHER_OTHER_PYTHONS-3.10 3.13}; do
+  python_bin=$(ls -d "$HOME"/.pyenv/versions/"$version".*/bin/python 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -z "$python_bin" ]; then
+    echo "== Python $version not found under pyenv: skipped"
+    continue
+  fi
+  echo "== pytest on Python $version ($python_bin)"
+  venv=".venv-$version"
+  [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -e '.[dev]'
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/protocol tests/asyncio tests/sync \
+    tests/interop/test_websockets.py tests/interop/test_aiohttp.py
+done

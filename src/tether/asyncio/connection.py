@@ -312,6 +312,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Called by asyncio when the TCP connection is closed."""
         self._lost_exc = exc
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            # Python 3.10's SSL transport is not marked closed when the connection is
+            # lost underneath it; close it so it is not reported as leaked.
+            transport.close()
         if self._debug:
             how = "cleanly" if exc is None else f"with error {exc!r}"
             rcvd = self.protocol.close_rcvd if self._open else None
