@@ -7,10 +7,20 @@ payload bytes until a whole echoed message has returned. It never unmasks, copie
 decodes or validates a payload, so it spends less per message than any WebSocket client
 library: the figure measured is the server's cost.
 
+With ``--deflate`` it negotiates permessage-deflate (offering
+``client_no_context_takeover``), so that every message it sends can be one of a few
+pre-compressed frames built once; it checks that every reply is a compressed text
+message (RSV1 and opcode of its first frame) and, before measuring, decompresses two
+replies on a separate connection and compares them with what was sent.
+
+``--mode idle`` opens many connections and keeps them open for a memory measurement,
+stepping through phases on the runner's command (see :func:`run_idle`).
+
 Run by ``bench/run.py`` in its own process (never the servers' one); usable alone::
 
     python bench/loadgen.py --port 8765 --mode rt --size 16 --duration 2
     python bench/loadgen.py --port 8765 --mode rt --size 16 --connections 100
+    python bench/loadgen.py --port 8765 --mode rt --size 1024 --deflate
     python bench/loadgen.py --port 8765 --mode handshake
 
 It prints one JSON object on stdout: ``{"rate": ..., "count": ..., "elapsed": ...}``.
@@ -22,17 +32,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gc
 import hashlib
 import importlib.util
 import json
 import os
 import random
+import resource
+import socket
 import struct
 import sys
 import time
+import zlib
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from functools import partial
+from typing import Any, BinaryIO, TypeVar, cast
 
 HOST = "127.0.0.1"
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -44,11 +59,25 @@ MASK = b"\x37\xfa\x21\x3d"
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
+RSV1 = 0x40
+
 MAX_RESPONSE_HEAD = 16 * 1024
 
+# permessage-deflate offers. Round trips ask for client_no_context_takeover: every message
+# the load generator sends is then a stream of its own, so a few frames compressed once
+# can be sent again and again, and the server may drop its decompressor after each
+# message. The memory measurement makes the offer browsers make (context takeover both
+# ways: a server keeps a decompressor and a compressor per connection); it sends a single
+# message per connection, whose compressed form is the same either way.
+DEFLATE_OFFER = "permessage-deflate; client_no_context_takeover; client_max_window_bits"
+BROWSER_DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+TAIL = b"\x00\x00\xff\xff"
+FRAME_POOL = 16  # distinct pre-compressed messages sent in turn
 
-def handshake_request(port: int, path: str = "/") -> bytes:
-    """The opening-handshake request, as bytes (no extension is offered)."""
+
+def handshake_request(port: int, path: str = "/", extensions: str | None = None) -> bytes:
+    """The opening-handshake request, as bytes, offering ``extensions`` if given."""
+    offer = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     return (
         f"GET {path} HTTP/1.1\r\n"
         f"Host: {HOST}:{port}\r\n"
@@ -56,6 +85,7 @@ def handshake_request(port: int, path: str = "/") -> bytes:
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {KEY}\r\n"
         "Sec-WebSocket-Version: 13\r\n"
+        f"{offer}"
         "\r\n"
     ).encode("ascii")
 
@@ -81,11 +111,14 @@ def frame_header(opcode: int, length: int, *, masked: bool, fin: bool = True) ->
     return struct.pack("!BBQ", b0, m | 127, length)
 
 
-def build_frame(opcode: int, payload: bytes, *, fin: bool = True, key: bytes = MASK) -> bytes:
+def build_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False, key: bytes = MASK
+) -> bytes:
     """A complete client-to-server (masked) frame."""
-    return (
-        frame_header(opcode, len(payload), masked=True, fin=fin) + key + mask_payload(payload, key)
-    )
+    header = frame_header(opcode, len(payload), masked=True, fin=fin)
+    if rsv1:
+        header = bytes([header[0] | RSV1]) + header[1:]
+    return header + key + mask_payload(payload, key)
 
 
 CLOSE_FRAME = build_frame(OP_CLOSE, struct.pack("!H", 1000))
@@ -94,6 +127,67 @@ CLOSE_FRAME = build_frame(OP_CLOSE, struct.pack("!H", 1000))
 def make_payload(size: int, seed: int = 6455) -> bytes:
     """Deterministic, incompressible-looking payload bytes."""
     return random.Random(seed).randbytes(size)
+
+
+_EVENTS = ("click", "view", "purchase", "login", "logout", "search", "scroll", "share")
+_TAGS = ("new", "sale", "eu", "us", "mobile", "desktop", "beta", "vip", "promo", "returning")
+
+
+def make_json_payload(size: int, seed: int = 7692) -> bytes:
+    """Deterministic, compressible JSON-like text of exactly ``size`` ASCII bytes.
+
+    A batch of event records with repeated keys and varied values, as an application
+    would stream them (with a 4 KiB window at zlib's default level, 1 KiB compresses
+    2.6x and 64 KiB 4.6x). Cut to ``size``, so not always valid JSON, but always valid
+    UTF-8.
+    """
+    rng = random.Random(seed)
+    parts = [f'{{"type":"events","batch":{rng.randrange(10**6)},"items":[']
+    length = len(parts[0])
+    while length < size:
+        record = (
+            f'{{"id":{rng.randrange(10**9)},"user":"user_{rng.randrange(10**5):05d}",'
+            f'"event":"{rng.choice(_EVENTS)}","ts":{1_700_000_000 + rng.randrange(10**7)},'
+            f'"price":{rng.randrange(100, 100_000) / 100},"qty":{rng.randrange(1, 20)},'
+            f'"tags":["{rng.choice(_TAGS)}","{rng.choice(_TAGS)}"],'
+            f'"ok":{"true" if rng.random() < 0.9 else "false"}}},'
+        )
+        parts.append(record)
+        length += len(record)
+    return "".join(parts).encode("ascii")[:size]
+
+
+def deflate_message(payload: bytes, window_bits: int) -> bytes:
+    """``payload`` compressed as one message of its own (RFC 7692 7.2.1), from a fresh
+    compressor: valid whatever context takeover was negotiated."""
+    encoder = zlib.compressobj(9, zlib.DEFLATED, -window_bits, 9)
+    data = encoder.compress(payload) + encoder.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(TAIL)
+    return data[:-4]
+
+
+def deflate_params(head: bytes) -> dict[str, str | None] | None:
+    """The permessage-deflate parameters a response head accepted, or None."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() != "sec-websocket-extensions":
+            continue
+        items = [item.strip() for item in value.split(";")]
+        if items[0] != "permessage-deflate":
+            raise BenchError(f"unexpected extension accepted: {value.strip()!r}")
+        params: dict[str, str | None] = {}
+        for item in items[1:]:
+            key, eq, val = item.partition("=")
+            params[key.strip()] = val.strip().strip('"') if eq else None
+        return params
+    return None
+
+
+def client_window_bits(params: dict[str, str | None]) -> int:
+    """The largest window the client may compress with, from the accepted parameters."""
+    value = params.get("client_max_window_bits")
+    bits = int(value) if value else 15
+    return max(bits, 9)  # zlib cannot compress with 8; a smaller window is always valid
 
 
 class BenchError(Exception):
@@ -170,7 +264,7 @@ class Client(asyncio.Protocol):
 
     ``frame`` is the pre-built masked message sent for each round trip and ``size`` its
     payload length: a message is complete when a final data frame ends and ``size``
-    payload bytes have come back since the previous one.
+    payload bytes have come back since the previous one. Pings are answered.
     """
 
     def __init__(self, request: bytes, frame: bytes, size: int, meter: Meter | None) -> None:
@@ -191,6 +285,8 @@ class Client(asyncio.Protocol):
         self.opcode = 0
         self.fin = False
         self.msg_bytes = 0
+        self.msg_head = 0  # first byte of the current message's first frame
+        self.ping = b""  # payload of a ping being received
         # Fast path: a whole small unmasked echo in one chunk is recognised by its length
         # and header alone.
         self.fast_header = frame_header(OP_BINARY, size, masked=False) if size < 126 else b""
@@ -244,6 +340,8 @@ class Client(asyncio.Protocol):
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
             self.fail(BenchError(f"bad opening handshake response: {line!r}"))
             return
+        if not self.check_head(head):
+            return
         self.handshaking = False
         self.opened.set_result(None)
         if rest:
@@ -257,10 +355,12 @@ class Client(asyncio.Protocol):
         while pos < end:
             if self.remaining:
                 take = min(self.remaining, end - pos)
-                pos += take
-                self.remaining -= take
                 if self.opcode < OP_CLOSE:
                     self.msg_bytes += take
+                elif self.opcode == OP_PING:
+                    self.ping += data[pos : pos + take]
+                pos += take
+                self.remaining -= take
                 if self.remaining:
                     return
                 self.frame_done()
@@ -283,7 +383,11 @@ class Client(asyncio.Protocol):
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
             pos += hlen
             self.fin = bool(b0 & 0x80)
-            self.opcode = b0 & 0x0F
+            self.opcode = opcode = b0 & 0x0F
+            if 0 < opcode < OP_CLOSE:  # a message's first frame
+                self.msg_head = b0
+            elif opcode == OP_PING:
+                self.ping = b""
             self.remaining = length
             if not length:
                 self.frame_done()
@@ -296,7 +400,13 @@ class Client(asyncio.Protocol):
                 self.message_done(size)
         elif opcode == OP_CLOSE and not self.closed.done():
             self.closed.set_result(None)
-        # pings and pongs are ignored: runs are far shorter than any keepalive timeout
+        elif opcode == OP_PING and self.transport is not None and not self.closed.done():
+            self.transport.write(build_frame(OP_PONG, self.ping))
+        # pongs are ignored
+
+    def check_head(self, head: bytes) -> bool:
+        """Check the 101 response's head further; False (after failing) if wrong."""
+        return True
 
     def message_done(self, size: int) -> None:
         if size != self.size:
@@ -339,29 +449,226 @@ class Client(asyncio.Protocol):
         await self.lost
 
 
+class DeflateClient(Client):
+    """A connection that negotiated permessage-deflate and sends pre-compressed frames.
+
+    It sends ``frames`` in turn, starting at ``start``; every reply must be a text
+    message whose first frame has RSV1 set (its payload is counted, not inflated: the
+    replies are checked for content once per run by :func:`verify_deflate_echo`).
+    """
+
+    def __init__(
+        self, request: bytes, frames: list[bytes], start: int, meter: Meter | None
+    ) -> None:
+        super().__init__(request, frames[start % len(frames)], 0, meter)
+        self.frames = frames
+        self.next = start % len(frames)
+        self.fast_len = -1  # replies are variable-length: always parse
+        self.replies = 0
+
+    def check_head(self, head: bytes) -> bool:
+        try:
+            params = deflate_params(head)
+        except BenchError as exc:
+            self.fail(exc)
+            return False
+        if params is None:
+            self.fail(BenchError("the server did not accept permessage-deflate"))
+            return False
+        return True
+
+    def send_first(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.take_frame())
+
+    def take_frame(self) -> bytes:
+        frames = self.frames
+        frame = frames[self.next]
+        self.next = (self.next + 1) % len(frames)
+        return frame
+
+    def message_done(self, size: int) -> None:
+        head = self.msg_head
+        if not head & RSV1 or head & 0x0F != OP_TEXT:
+            self.fail(BenchError(f"reply not a compressed text message (first byte {head:#x})"))
+            return
+        self.replies += 1
+        meter = self.meter
+        if meter is not None and meter.tick():
+            assert self.transport is not None
+            self.transport.write(self.take_frame())
+        elif not self.idle.done():
+            self.idle.set_result(None)
+
+
 Factory = Callable[[], Client]
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
 
-async def connect(port: int, factory: Factory) -> Client:
+
+async def connect(port: int, factory: Factory, source: str | None = None) -> Client:
+    """Open a connection and complete the opening handshake.
+
+    With ``source`` (a 127.x.y.z address) the connection is made from that address, and
+    the local port is chosen at connect time for the whole 4-tuple
+    (``IP_BIND_ADDRESS_NO_PORT``), so that thousands of connections exhaust no port range.
+    """
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(factory, HOST, port)
+    if source is None:
+        _, client = await loop.create_connection(factory, HOST, port)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if sys.platform.startswith("linux"):
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (HOST, port))
+        except BaseException:
+            sock.close()
+            raise
+        _, client = await loop.create_connection(factory, sock=sock)
     await client.opened
     return client
 
 
+# permessage-deflate
+
+
+def deflate_frames(size: int, window_bits: int, count: int = FRAME_POOL) -> list[bytes]:
+    """``count`` distinct JSON-like messages of ``size`` bytes, each a pre-built
+    compressed, masked text frame (seeds 1..count)."""
+    return [
+        build_frame(OP_TEXT, deflate_message(make_json_payload(size, seed), window_bits),
+                    rsv1=True)
+        for seed in range(1, count + 1)
+    ]  # fmt: skip
+
+
+def read_frame(reader: BinaryIO) -> tuple[int, bytes]:
+    """One whole frame from a blocking reader: (first byte, unmasked payload)."""
+
+    def exactly(n: int) -> bytes:
+        data = reader.read(n)
+        if len(data) != n:
+            raise BenchError("connection closed in the middle of a frame")
+        return data
+
+    b0, b1 = exactly(2)
+    length = b1 & 0x7F
+    if length == 126:
+        length = int.from_bytes(exactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(exactly(8), "big")
+    key = exactly(4) if b1 & 0x80 else None
+    payload = exactly(length)
+    if key is not None:
+        payload = mask_payload(payload, key)
+    return b0, payload
+
+
+def read_message(reader: BinaryIO) -> tuple[int, bytes]:
+    """One whole data message: (first byte of its first frame, joined payload).
+    Control frames in between are skipped."""
+    first = -1
+    parts: list[bytes] = []
+    while True:
+        b0, payload = read_frame(reader)
+        opcode = b0 & 0x0F
+        if opcode >= OP_CLOSE:
+            if opcode == OP_CLOSE:
+                raise BenchError("the server closed the connection")
+            continue
+        if first < 0:
+            first = b0
+        parts.append(payload)
+        if b0 & 0x80:
+            return first, b"".join(parts)
+
+
+def read_response_head(reader: BinaryIO) -> bytes:
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = reader.readline(MAX_RESPONSE_HEAD)
+        if not line:
+            raise BenchError("connection closed during the opening handshake")
+        head += line
+        if len(head) > MAX_RESPONSE_HEAD:
+            raise BenchError("response head too long")
+    return head[:-4]
+
+
+def verify_deflate_echo(port: int, size: int, offer: str, timeout: float = 10.0) -> int:
+    """Check that the server compresses echoes correctly; return the client's window bits.
+
+    On a connection of its own (blocking socket): offers ``offer``, checks that
+    permessage-deflate is accepted, sends two different pre-compressed JSON-like
+    messages, and decompresses both replies with one decompressor, as a client honouring
+    the server's context takeover must, comparing them with what was sent. Then closes.
+    """
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(handshake_request(port, extensions=offer))
+        reader = cast(BinaryIO, sock.makefile("rb"))
+        head = read_response_head(reader)
+        if not head.startswith(b"HTTP/1.1 101 ") or ACCEPT.encode() not in head:
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            raise BenchError(f"bad opening handshake response: {line!r}")
+        params = deflate_params(head)
+        if params is None:
+            raise BenchError("the server did not accept permessage-deflate")
+        bits = client_window_bits(params)
+        server_reset = "server_no_context_takeover" in params
+        decoder = zlib.decompressobj(-15)  # any server window decodes with 15 bits
+        for seed in (1, 2):
+            payload = make_json_payload(size, seed)
+            sock.sendall(build_frame(OP_TEXT, deflate_message(payload, bits), rsv1=True))
+            first, data = read_message(reader)
+            if not first & RSV1 or first & 0x0F != OP_TEXT:
+                raise BenchError(f"reply not a compressed text message (first byte {first:#x})")
+            echoed = decoder.decompress(data + TAIL)
+            if echoed != payload:
+                raise BenchError(
+                    f"decompressed reply differs from the message ({len(echoed)} bytes, "
+                    f"sent {len(payload)})"
+                )
+            if decoder.eof or server_reset:
+                decoder = zlib.decompressobj(-15)
+        sock.sendall(CLOSE_FRAME)
+        with contextlib.suppress(BenchError):  # a close frame, or the TCP close
+            while read_frame(reader)[0] & 0x0F != OP_CLOSE:
+                pass
+    return bits
+
+
 async def run_round_trips(
-    port: int, size: int, connections: int, warmup: float, duration: float, limit: int
+    port: int,
+    size: int,
+    connections: int,
+    warmup: float,
+    duration: float,
+    limit: int,
+    deflate_bits: int | None = None,
 ) -> Meter:
-    """``connections`` connections, each with one message of ``size`` bytes in flight."""
-    request = handshake_request(port)
-    frame = build_frame(OP_BINARY, make_payload(size))
+    """``connections`` connections, each with one message of ``size`` bytes in flight.
+
+    With ``deflate_bits``, permessage-deflate is negotiated and the messages are
+    JSON-like text, compressed beforehand with that window.
+    """
     meter = Meter(warmup, duration, limit)
+    factories: list[Factory]
+    if deflate_bits is None:
+        request = handshake_request(port)
+        frame = build_frame(OP_BINARY, make_payload(size))
+        factories = [lambda: Client(request, frame, size, meter)] * connections
+    else:
+        request = handshake_request(port, extensions=DEFLATE_OFFER)
+        frames = deflate_frames(size, deflate_bits)
+        # each connection starts at another message of the pool
+        factories = [partial(DeflateClient, request, frames, i, meter) for i in range(connections)]
     clients: list[Client] = []
     for first in range(0, connections, 10):  # at most 10 handshakes at once
-        batch = range(first, min(first + 10, connections))
-        clients += await asyncio.gather(
-            *(connect(port, lambda: Client(request, frame, size, meter)) for _ in batch)
-        )
+        batch = factories[first : first + 10]
+        clients += await asyncio.gather(*(connect(port, factory) for factory in batch))
     meter.begin()
     try:
         for client in clients:
@@ -385,12 +692,120 @@ async def run_handshakes(port: int, warmup: float, duration: float, limit: int) 
             return meter
 
 
-def run_loop(main: Coroutine[Any, Any, Meter], loop_name: str) -> Meter:
+async def open_many(
+    port: int, factories: list[Factory], sources: list[str], parallel: int = 50
+) -> list[Client]:
+    """Open one connection per factory, at most ``parallel`` handshakes at once (below the
+    servers' listen backlog of 100), spread over the ``sources`` addresses."""
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(i: int, factory: Factory) -> Client:
+        async with gate:
+            return await connect(port, factory, sources[i % len(sources)] if sources else None)
+
+    return await asyncio.gather(*(one(i, factory) for i, factory in enumerate(factories)))
+
+
+async def command(word: str) -> None:
+    """Say ``word`` on stdout, then wait for the runner's go-ahead (a line on stdin)."""
+    print(word, flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if not line:
+        raise BenchError("the runner went away (stdin closed)")
+
+
+IDLE_WARMUP = 20  # connections opened (and used) then closed before the measurement
+
+
+async def run_idle(
+    port: int, connections: int, size: int, deflate_bits: int | None, sources: list[str]
+) -> dict[str, Any]:
+    """Hold ``connections`` open connections, through phases the runner steps through.
+
+    Each phase is announced by one line on stdout; the next starts when the runner
+    writes a line on stdin (it reads the server's memory in between):
+
+    1. ``ready``: after a warm-up (a few connections opened, used like the measured
+       ones and closed), so that the server's lazy imports and caches come before.
+    2. ``opened``: every opening handshake has completed; the connections are idle.
+    3. with ``deflate_bits`` only, ``echoed``: every connection sent one compressed
+       JSON-like message of ``size`` bytes and got its compressed echo back.
+
+    Then every connection is closed with a closing handshake. Each phase has a time limit.
+    """
+    loop = asyncio.get_running_loop()
+    frames: list[bytes] = []
+    if deflate_bits is None:
+        request = handshake_request(port)
+    else:
+        request = handshake_request(port, extensions=BROWSER_DEFLATE_OFFER)
+        frames = deflate_frames(size, deflate_bits)
+
+    def factories(n: int) -> list[Factory]:
+        if deflate_bits is None:
+            return [lambda: Client(request, b"", 0, None)] * n
+        return [partial(DeflateClient, request, frames, i, None) for i in range(n)]
+
+    async def exchange(clients: list[Client]) -> None:
+        if deflate_bits is not None:
+            for client in clients:
+                client.send_first()
+            await asyncio.gather(*(client.idle for client in clients))
+
+    async def close(clients: list[Client]) -> None:
+        await asyncio.gather(*(client.close() for client in clients))
+
+    open_limit = 30 + connections / 50  # seconds: far more than any server needs
+    warm = await asyncio.wait_for(open_many(port, factories(IDLE_WARMUP), sources), 30)
+    await asyncio.wait_for(exchange(warm), 30)
+    await asyncio.wait_for(close(warm), 30)
+    await command("ready")
+
+    start = time.perf_counter()
+    clients = await asyncio.wait_for(open_many(port, factories(connections), sources), open_limit)
+    open_seconds = time.perf_counter() - start
+    await command("opened")
+
+    echo_seconds = None
+    if deflate_bits is not None:
+        start = time.perf_counter()
+        await asyncio.wait_for(exchange(clients), 30 + connections / 200)
+        echo_seconds = time.perf_counter() - start
+        await command("echoed")
+
+    start = loop.time()
+    await asyncio.wait_for(close(clients), 30 + connections / 200)
+    return {
+        "connections": connections,
+        "open_seconds": open_seconds,
+        "echo_seconds": echo_seconds,
+        "close_seconds": loop.time() - start,
+        "deflate_bits": deflate_bits,
+    }
+
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T], loop_name: str) -> T:
     if loop_name == "uvloop":
         import uvloop
 
         return uvloop.run(main)
     return asyncio.run(main)
+
+
+def raise_nofile_limit(needed: int) -> None:
+    """Raise the soft limit on open files to the hard one if ``needed`` exceeds it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise BenchError(
+            f"{needed} open files needed, hard limit {hard}: use several load generators"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                else needed, hard))  # fmt: skip
 
 
 def default_loop() -> str:
@@ -401,9 +816,20 @@ def default_loop() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=["rt", "handshake"], default="rt")
-    parser.add_argument("--size", type=int, default=16, help="payload bytes (rt)")
-    parser.add_argument("--connections", type=int, default=1, help="concurrent connections (rt)")
+    parser.add_argument("--mode", choices=["rt", "handshake", "idle"], default="rt")
+    parser.add_argument("--size", type=int, default=16, help="payload bytes (rt, idle)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="concurrent connections (rt, idle)")  # fmt: skip
+    parser.add_argument(
+        "--deflate",
+        action="store_true",
+        help="negotiate permessage-deflate, send pre-compressed JSON-like text (rt, idle)",
+    )
+    parser.add_argument(
+        "--sources",
+        default="",
+        help="comma-separated 127.x.y.z addresses to connect from, in turn (idle)",
+    )
     parser.add_argument("--warmup", type=float, default=0.3, help="seconds not counted")
     parser.add_argument("--duration", type=float, default=2.0, help="time limit, seconds")
     parser.add_argument("--count", type=int, default=1_000_000, help="count limit")
@@ -414,17 +840,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     gc.disable()  # the generator makes no cycles; keep collector pauses out of the figures
+    sources = [address.strip() for address in args.sources.split(",") if address.strip()]
 
     async def scenario() -> Meter:
         if args.mode == "handshake":
             work = run_handshakes(args.port, args.warmup, args.duration, args.count)
         else:
             work = run_round_trips(
-                args.port, args.size, args.connections, args.warmup, args.duration, args.count
+                args.port,
+                args.size,
+                args.connections,
+                args.warmup,
+                args.duration,
+                args.count,
+                deflate_bits,
             )
         return await asyncio.wait_for(work, args.warmup + args.duration + 30)
 
     try:
+        raise_nofile_limit(args.connections + 64)
+        deflate_bits = None
+        if args.deflate:
+            offer = BROWSER_DEFLATE_OFFER if args.mode == "idle" else DEFLATE_OFFER
+            deflate_bits = verify_deflate_echo(args.port, args.size, offer)
+        if args.mode == "idle":
+            report = run_loop(
+                run_idle(args.port, args.connections, args.size, deflate_bits, sources),
+                args.loop,
+            )
+            print(json.dumps(report))
+            return 0
         meter = run_loop(scenario(), args.loop)
     except asyncio.TimeoutError:
         print("loadgen: timed out: the server stopped answering", file=sys.stderr)

@@ -7,7 +7,11 @@ Each server under test (plus the "limit" server: no WebSocket library, bytes ech
 back) runs in its own process; one fixed load generator (bench/loadgen.py) runs in
 another for each measurement. Measurements are interleaved across servers, repeated over
 rounds, and reported as medians with their spread and their ratios to websockets and to
-the limit in the same run. See bench/README.md for the method.
+the limit in the same run. Compression scenarios (``*-deflate``) run against a second
+process of each library with its default permessage-deflate on. The memory scenarios
+(``mem1k``, ``mem5k``) start a fresh server per measurement, open that many idle
+connections and report the server's resident memory per connection, with and without
+compression. See bench/README.md for the method.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import ctypes.util
 import datetime
 import importlib.util
 import json
+import math
 import os
 import platform
+import resource
+import selectors
 import signal
 import socket
 import statistics
@@ -53,12 +60,16 @@ SERVER_CPU, LOADGEN_CPU = 0, 1  # with --pin: one core each
 class Scenario:
     key: str
     title: str
-    mode: str  # "rt" (round trips) or "handshake"
+    mode: str  # "rt" (round trips), "handshake" or "memory" (idle connections)
     size: int = 0
     connections: int = 1
     count: int = 1_000_000  # count limit of one measurement (the time limit is --duration)
     unit: str = "msg/s"
+    deflate: bool = False  # permessage-deflate negotiated (servers with compression on)
+    quick: bool = True  # part of the default selection with --quick
 
+
+MEM_MESSAGE_SIZE = 1024  # the one compressed message per connection of the memory scenarios
 
 SCENARIOS: list[Scenario] = [
     Scenario("rt16", "round trip 16 B", "rt", size=16),
@@ -69,6 +80,14 @@ SCENARIOS: list[Scenario] = [
              count=5_000_000),
     Scenario("handshake", "handshakes (open + close, sequential)", "handshake",
              count=200_000, unit="handshakes/s"),
+    Scenario("rt1k-deflate", "deflate: round trip 1 KiB JSON", "rt", size=1024, deflate=True),
+    Scenario("rt64k-deflate", "deflate: round trip 64 KiB JSON", "rt", size=64 * 1024,
+             count=200_000, deflate=True),
+    Scenario("conc100-deflate", "deflate: 100 connections x round trip 1 KiB JSON", "rt",
+             size=1024, connections=100, count=5_000_000, deflate=True),
+    Scenario("mem1k", "1,000 idle connections", "memory", connections=1_000, unit="KiB/conn"),
+    Scenario("mem5k", "5,000 idle connections", "memory", connections=5_000, unit="KiB/conn",
+             quick=False),
 ]  # fmt: skip
 
 
@@ -90,6 +109,24 @@ class Result:
         if not median or len(self.samples) < 2:
             return None
         return (max(self.samples) - min(self.samples)) / 2 / median
+
+
+@dataclass
+class MemResult:
+    """KiB of server RSS per connection, one sample per round and case."""
+
+    plain: list[float] = field(default_factory=list)  # no compression, idle
+    deflate_idle: list[float] = field(default_factory=list)  # deflate, after the handshake
+    deflate_message: list[float] = field(default_factory=list)  # deflate, after one message
+    samples: list[dict[str, Any]] = field(default_factory=list)  # raw RSS and timings
+    errors: list[str] = field(default_factory=list)
+
+
+MEM_CASES = ("plain", "deflate_idle", "deflate_message")
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 class BenchFailure(Exception):
@@ -202,21 +239,39 @@ def read_frame(reader: Any) -> tuple[int, bytes]:
     return b0 & 0x0F, payload
 
 
+def variant_name(lib: str, deflate: bool) -> str:
+    """``tether`` or ``tether-deflate``: names a server process, its log and profile."""
+    return f"{lib}-deflate" if deflate else lib
+
+
 class ServerProcess:
     """One echo server in its own process, on its own port."""
 
-    def __init__(self, lib: str, loop: str, out_dir: Path, cpu: int | None, profile: bool) -> None:
+    def __init__(
+        self,
+        lib: str,
+        loop: str,
+        out_dir: Path,
+        cpu: int | None,
+        profile: bool,
+        compression: bool = False,
+        tag: str = "",
+    ) -> None:
         self.lib = lib
         self.loop = loop
         self.cpu = cpu
+        self.compression = compression
+        self.name = variant_name(lib, compression)
         self.port = free_port()
-        self.log_path = out_dir / f"server-{lib}.log"
-        self.profile_path = out_dir / f"server-{lib}.prof" if profile else None
+        self.log_path = out_dir / f"server-{self.name}{tag}.log"
+        self.profile_path = out_dir / f"server-{self.name}{tag}.prof" if profile else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 20.0) -> None:
         cmd = [sys.executable, str(SERVERS / LIBS[self.lib])]
         cmd += ["--port", str(self.port), "--loop", self.loop]
+        if self.compression:
+            cmd += ["--compression"]
         if self.profile_path is not None:
             cmd += ["--profile", str(self.profile_path)]
         with self.log_path.open("wb") as log:
@@ -237,7 +292,7 @@ class ServerProcess:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchFailure(f"{self.lib} server exited ({self.proc.returncode})")
+                raise BenchFailure(f"{self.name} server exited ({self.proc.returncode})")
             try:
                 probe(self.port)
                 return
@@ -245,7 +300,7 @@ class ServerProcess:
                 last = exc
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=0.05)  # the poll interval; returns early if it dies
-        raise BenchFailure(f"{self.lib} server not ready after {timeout:.0f} s: {last}")
+        raise BenchFailure(f"{self.name} server not ready after {timeout:.0f} s: {last}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -260,6 +315,29 @@ class ServerProcess:
             return None
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        """The server process's resident set size, KiB (VmRSS of /proc/PID/status)."""
+        assert self.proc is not None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError as exc:
+            raise BenchFailure(f"cannot read the {self.name} server's memory: {exc}") from None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])  # "VmRSS:  12345 kB"
+        raise BenchFailure("no VmRSS in /proc/PID/status")
+
+    def wait_quiet(self, interval: float = 0.05, polls: int = 4, timeout: float = 10.0) -> None:
+        """Wait until the server has used no CPU for ``polls`` intervals in a row, so that
+        it has finished with what the load generator just did (bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        last, still = self.cpu_seconds(), 0
+        while still < polls and time.monotonic() < deadline:
+            time.sleep(interval)
+            now = self.cpu_seconds()
+            still = still + 1 if now == last else 0
+            last = now
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -279,28 +357,38 @@ class ServerProcess:
             self.proc.wait()
 
 
+Variant = tuple[str, bool]  # (library, compression on)
+
+
 @contextlib.contextmanager
 def servers_running(
-    libs: list[str], args: argparse.Namespace, out_dir: Path, skipped: dict[str, str]
-) -> Iterator[dict[str, ServerProcess]]:
+    variants: list[Variant], args: argparse.Namespace, out_dir: Path, skipped: dict[str, str]
+) -> Iterator[dict[Variant, ServerProcess]]:
     """Start every server (those that fail go to ``skipped``); always stop them all."""
     cpu = SERVER_CPU if args.pin else None
-    started: dict[str, ServerProcess] = {}
+    started: dict[Variant, ServerProcess] = {}
     try:
-        for lib in libs:
-            server = ServerProcess(lib, args.loop, out_dir, cpu, args.profile)
-            started[lib] = server
+        for variant in variants:
+            lib, deflate = variant
+            server = ServerProcess(lib, args.loop, out_dir, cpu, args.profile, deflate)
+            started[variant] = server
             try:
                 server.start()
             except BenchFailure as exc:
-                log(f"!! {exc}; skipping {lib}. Log {server.log_path}:\n{server.log_tail()}")
-                skipped[lib] = f"{exc} (see {server.log_path})"
+                log(f"!! {exc}; skipping {server.name}. Log {server.log_path}:\n"
+                    f"{server.log_tail()}")  # fmt: skip
+                skipped[server.name] = f"{exc} (see {server.log_path})"
                 server.stop()
-                del started[lib]
+                del started[variant]
         yield started
     finally:
         for server in started.values():
             server.stop()
+
+
+def applicable(scenario: Scenario, lib: str) -> bool:
+    """Compression does not apply to the limit server (it parses no frame)."""
+    return not (scenario.deflate and lib == LIMIT)
 
 
 # measuring
@@ -312,6 +400,8 @@ def measure(server: ServerProcess, scenario: Scenario, args: argparse.Namespace)
     cmd += ["--connections", str(scenario.connections), "--count", str(scenario.count)]
     cmd += ["--warmup", str(args.warmup), "--duration", str(args.duration)]
     cmd += ["--loop", args.loadgen_loop]
+    if scenario.deflate:
+        cmd += ["--deflate"]
     cpu_before = server.cpu_seconds()
     proc = subprocess.run(
         cmd,
@@ -331,19 +421,27 @@ def measure(server: ServerProcess, scenario: Scenario, args: argparse.Namespace)
 
 
 def run_all(
-    servers: dict[str, ServerProcess], scenarios: list[Scenario], args: argparse.Namespace
+    servers: dict[Variant, ServerProcess],
+    libs: list[str],
+    scenarios: list[Scenario],
+    args: argparse.Namespace,
 ) -> dict[str, dict[str, Result]]:
-    results = {s.key: {lib: Result() for lib in servers} for s in scenarios}
-    libs = list(servers)
-    total = args.rounds * len(scenarios) * len(libs)
+    """Every round trip and handshake scenario, for every library it applies to whose
+    server (plain or with compression, as the scenario needs) started."""
+    results = {
+        s.key: {lib: Result() for lib in libs if (lib, s.deflate) in servers} for s in scenarios
+    }
+    total = args.rounds * sum(len(r) for r in results.values())
     done = 0
     for round_no in range(args.rounds):
         order = libs[round_no % len(libs) :] + libs[: round_no % len(libs)]
         for scenario in scenarios:
             for lib in order:  # interleaved: A B C, then B C A, ...
-                server = servers[lib]
+                if lib not in results[scenario.key]:
+                    continue
+                server = servers[(lib, scenario.deflate)]
                 done += 1
-                prefix = f"[{done}/{total}] round {round_no + 1} {scenario.key:<9} {lib:<10}"
+                prefix = f"[{done}/{total}] round {round_no + 1} {scenario.key:<15} {lib:<10}"
                 result = results[scenario.key][lib]
                 if not server.alive():
                     result.errors.append("server not running")
@@ -355,7 +453,8 @@ def run_all(
                     result.errors.append(str(exc))
                     log(f"{prefix} FAILED: {exc}")
                     if not server.alive():
-                        log(f"!! {lib} server died. Log {server.log_path}:\n{server.log_tail()}")
+                        log(f"!! {server.name} server died. Log {server.log_path}:\n"
+                            f"{server.log_tail()}")  # fmt: skip
                     continue
                 result.samples.append(sample["rate"])
                 result.loadgen_cpu_us.append(sample["loadgen_cpu_us"])
@@ -364,6 +463,185 @@ def run_all(
                 cpu = sample.get("server_cpu_us")
                 cpu_text = f"  server {cpu:7.1f} µs/op" if cpu is not None else ""
                 log(f"{prefix} {sample['rate']:>12,.0f} {scenario.unit}{cpu_text}")
+    return results
+
+
+# memory per idle connection
+
+MAX_PER_LOADGEN = 10_000  # connections per load generator process
+PER_SOURCE = 2_000  # connections per source address (127.0.<loadgen>.<n>)
+
+
+class IdleLoadgen:
+    """One ``loadgen.py --mode idle`` process, stepped through its phases over pipes."""
+
+    def __init__(self, cmd: list[str], log_path: Path, cpu: int | None) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                preexec_fn=child_setup(cpu),
+            )
+        self.buffer = b""
+
+    def step(self) -> None:
+        """Let the load generator go on to its next phase."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"next\n")
+        self.proc.stdin.flush()
+
+    def read_line(self, deadline: float) -> str:
+        """The next line on its stdout; BenchFailure at the deadline or if it exits."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self.buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchFailure(f"load generator timed out (see {self.log_path})")
+                if not selector.select(left):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.proc.wait(timeout=10)
+                    tail = self.log_path.read_text(errors="replace").strip().splitlines()
+                    raise BenchFailure(tail[-1] if tail else "load generator exited")
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def expect(self, word: str, deadline: float) -> None:
+        line = self.read_line(deadline)
+        if line != word:
+            raise BenchFailure(f"load generator said {line!r}, expected {word!r}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def nofile_hard_limit() -> int | None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else hard
+
+
+def measure_memory(
+    lib: str, deflate: bool, connections: int, args: argparse.Namespace, out_dir: Path
+) -> dict[str, Any]:
+    """A fresh server; its RSS before and after ``connections`` idle connections open
+    (and, with ``deflate``, after one compressed message each). Returns raw figures."""
+    hard = nofile_hard_limit()
+    if hard is not None and hard < connections + 100:
+        raise BenchFailure(f"RLIMIT_NOFILE hard limit {hard} is too low for the server")
+    per_loadgen = MAX_PER_LOADGEN if hard is None else min(MAX_PER_LOADGEN, hard - 100)
+    processes = math.ceil(connections / per_loadgen)
+    shares = [connections // processes + (i < connections % processes) for i in range(processes)]
+    server = ServerProcess(lib, args.loop, out_dir, SERVER_CPU if args.pin else None,
+                           profile=False, compression=deflate, tag="-mem")  # fmt: skip
+    loadgens: list[IdleLoadgen] = []
+    try:
+        server.start()
+        for i, share in enumerate(shares):
+            sources = [f"127.0.{i + 1}.{j + 1}" for j in range(math.ceil(share / PER_SOURCE))]
+            cmd = [sys.executable, str(BENCH / "loadgen.py"), "--port", str(server.port)]
+            cmd += ["--mode", "idle", "--connections", str(share), "--sources", ",".join(sources)]
+            cmd += ["--size", str(MEM_MESSAGE_SIZE), "--loop", args.loadgen_loop]
+            if deflate:
+                cmd += ["--deflate"]
+            log_path = out_dir / f"loadgen-mem-{i}.log"
+            loadgens.append(IdleLoadgen(cmd, log_path, LOADGEN_CPU if args.pin else None))
+
+        def phase(word: str, seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            for loadgen_proc in loadgens:
+                loadgen_proc.expect(word, deadline)
+            server.wait_quiet()
+            if not server.alive():
+                raise BenchFailure(f"{server.name} server died: {server.log_tail(3)}")
+
+        phase("ready", 60)
+        before = server.rss_kib()
+        for loadgen_proc in loadgens:
+            loadgen_proc.step()
+        phase("opened", 60 + connections / 50)
+        idle = server.rss_kib()
+        message = None
+        if deflate:
+            for loadgen_proc in loadgens:
+                loadgen_proc.step()
+            phase("echoed", 60 + connections / 100)
+            message = server.rss_kib()
+        reports = []
+        deadline = time.monotonic() + 60 + connections / 100
+        for loadgen_proc in loadgens:
+            loadgen_proc.step()  # close every connection
+            reports.append(json.loads(loadgen_proc.read_line(deadline)))
+            loadgen_proc.proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        for loadgen_proc in loadgens:
+            loadgen_proc.stop()
+        server.stop()
+    return {
+        "connections": connections,
+        "loadgens": len(loadgens),
+        "rss_before_kib": before,
+        "rss_idle_kib": idle,
+        "rss_message_kib": message,
+        "idle_kib_per_conn": (idle - before) / connections,
+        "message_kib_per_conn": None if message is None else (message - before) / connections,
+        "open_seconds": max(r["open_seconds"] for r in reports),
+        "deflate_client_bits": reports[0]["deflate_bits"],
+    }
+
+
+def run_memory(
+    libs: list[str], scenarios: list[Scenario], args: argparse.Namespace, out_dir: Path
+) -> dict[str, dict[str, MemResult]]:
+    """Every memory scenario for every library, with and without compression (not the
+    limit's), interleaved over rounds like the other scenarios. A fresh server each time."""
+    results = {s.key: {lib: MemResult() for lib in libs} for s in scenarios}
+    cases = [(lib, deflate) for lib in libs for deflate in (False, True) if not
+             (deflate and lib == LIMIT)]  # fmt: skip
+    total = args.rounds * len(scenarios) * len(cases)
+    done = 0
+    for round_no in range(args.rounds):
+        order = libs[round_no % len(libs) :] + libs[: round_no % len(libs)]
+        for scenario in scenarios:
+            for lib in order:
+                for deflate in (False, True):
+                    if (lib, deflate) not in cases:
+                        continue
+                    done += 1
+                    name = variant_name(lib, deflate)
+                    prefix = f"[{done}/{total}] round {round_no + 1} {scenario.key:<15} {name:<18}"
+                    result = results[scenario.key][lib]
+                    try:
+                        sample = measure_memory(lib, deflate, scenario.connections, args, out_dir)
+                    except (BenchFailure, OSError, subprocess.TimeoutExpired, ValueError) as exc:
+                        result.errors.append(f"{name}: {exc}")
+                        log(f"{prefix} FAILED: {exc}")
+                        continue
+                    sample["deflate"] = deflate
+                    result.samples.append(sample)
+                    idle = sample["idle_kib_per_conn"]
+                    text = f"{idle:6.1f} KiB/conn idle"
+                    if deflate:
+                        result.deflate_idle.append(idle)
+                        result.deflate_message.append(sample["message_kib_per_conn"])
+                        text += f", {sample['message_kib_per_conn']:6.1f} after one message"
+                    else:
+                        result.plain.append(idle)
+                    log(f"{prefix} {text} (RSS at start {sample['rss_before_kib'] / 1024:.1f} "
+                        f"MiB, opened in {sample['open_seconds']:.2f} s)")  # fmt: skip
     return results
 
 
@@ -395,6 +673,8 @@ def markdown_table(
     ]
     for scenario in scenarios:
         for lib in libs:
+            if lib not in results[scenario.key]:
+                continue  # not applicable (the limit with compression) or not started
             result = results[scenario.key][lib]
             spread = result.spread
             vs_ref = ratio(results[scenario.key], lib, REFERENCE)
@@ -410,6 +690,38 @@ def markdown_table(
                 f"{vs_limit * 100:.0f}%" if vs_limit is not None else "—",
                 f"{cpu:,.1f}" if cpu is not None else "—",
             ]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def memory_table(
+    scenarios: list[Scenario], results: dict[str, dict[str, MemResult]], libs: list[str]
+) -> str:
+    rows = [
+        "| idle connections | server | no compression | deflate: after handshake "
+        f"| deflate: after one {MEM_MESSAGE_SIZE // 1024} KiB message | server RSS at start |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for scenario in scenarios:
+        by_lib = results[scenario.key]
+        for lib in libs:
+            result = by_lib[lib]
+            cells = [f"{scenario.connections:,}", lib]
+            for case in MEM_CASES:
+                value = median(getattr(result, case))
+                if value is None:
+                    cells.append("—" if lib == LIMIT and case != "plain" else "failed")
+                    continue
+                text = f"{value:,.1f} KiB"
+                reference = (
+                    median(getattr(by_lib[REFERENCE], case)) if REFERENCE in by_lib else None
+                )
+                if reference and lib != REFERENCE:
+                    text += f" ({value / reference:.2f}x)"
+                cells.append(text)
+            starts = [float(sample["rss_before_kib"]) for sample in result.samples]
+            start = median(starts)
+            cells.append(f"{start / 1024:.1f} MiB" if start is not None else "—")
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -464,8 +776,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(s.key for s in SCENARIOS),
-        help="comma-separated subset of: %(default)s",
+        help="comma-separated subset of: "
+        + ", ".join(s.key for s in SCENARIOS)
+        + " (default: all; with --quick, all but "
+        + ", ".join(s.key for s in SCENARIOS if not s.quick)
+        + ")",
     )
     parser.add_argument("--rounds", type=int, help="default 3, or 1 with --quick")
     parser.add_argument("--duration", type=float, help="seconds per measurement (2, quick 0.5)")
@@ -496,6 +811,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.no_limit and LIMIT not in libs:
         libs.append(LIMIT)
     args.lib_list = list(dict.fromkeys(libs))
+    if args.scenarios is None:
+        args.scenarios = ",".join(s.key for s in SCENARIOS if s.quick or not args.quick)
     keys = [key.strip() for key in args.scenarios.split(",") if key.strip()]
     known = {s.key: s for s in SCENARIOS}
     if unknown := [key for key in keys if key not in known]:
@@ -536,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
         "cpu": f"{cpu_model()} x {os.cpu_count()}",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "server_loop": args.loop,
         "loadgen_loop": args.loadgen_loop,
         "pinned": args.pin,
@@ -549,33 +867,68 @@ def main(argv: list[str] | None = None) -> int:
     log(f"servers on {args.loop}, load generator on {args.loadgen_loop}, "
         f"{args.rounds} round(s) x {args.duration} s, pinned: {args.pin}")  # fmt: skip
 
-    with servers_running(libs, args, out_dir, skipped) as servers:
-        libs = list(servers)
-        if not libs:
-            log("!! no server started")
-            return 1
-        results = run_all(servers, args.scenario_list, args)
-    failed = bool(skipped) or any(r.errors for rs in results.values() for r in rs.values())
+    timed = [s for s in args.scenario_list if s.mode != "memory"]
+    memory = [s for s in args.scenario_list if s.mode == "memory"]
+    variants = list(
+        dict.fromkeys((lib, s.deflate) for s in timed for lib in libs if applicable(s, lib))
+    )
+    results: dict[str, dict[str, Result]] = {}
+    started: list[str] = []  # names of the server processes of the timed scenarios
+    if timed:
+        with servers_running(variants, args, out_dir, skipped) as servers:
+            if not servers:
+                log("!! no server started")
+                return 1
+            started = [server.name for server in servers.values()]
+            results = run_all(servers, libs, timed, args)
+    mem_results: dict[str, dict[str, MemResult]] = {}
+    if memory:
+        if args.profile:
+            log("memory scenarios: servers not profiled")
+        mem_results = run_memory(libs, memory, args, out_dir)
+    failed = (
+        bool(skipped)
+        or any(r.errors for rs in results.values() for r in rs.values())
+        or any(r.errors for rs in mem_results.values() for r in rs.values())
+    )
 
     print(f"\n## tether benchmark — {meta['date']}\n")
     print(
         f"{meta['python']} on {meta['platform']}, {meta['cpu']}; servers on {args.loop}, "
         f"load generator on {args.loadgen_loop}; {args.rounds} round(s) of "
         f"{args.duration} s (+{args.warmup} s warm-up) per figure; "
-        f"revision {meta['revision']}; "
+        f"revision {meta['revision']}; load average at start "
+        f"{', '.join(str(x) for x in meta['load_average_at_start'])}; "
         + ", ".join(f"{lib} {versions[lib].split()[0]}" for lib in libs if lib != LIMIT)
         + ".\n"
     )
-    print(markdown_table(args.scenario_list, results, libs))
-    print(
-        "\nmedian over rounds; spread = ±half the range (max - min) / median; "
-        "vs websockets and vs limit = ratio of medians in this run; server CPU = the server "
-        "process's user + system time per message or handshake."
-    )
-    for lib, why in skipped.items():
-        print(f"\n**{lib} not measured**: {why}")
-    if args.profile:
-        log(summarise_profiles(servers, out_dir))
+    if timed:
+        print(markdown_table(timed, results, libs))
+        print(
+            "\nmedian over rounds; spread = ±half the range (max - min) / median; "
+            "vs websockets and vs limit = ratio of medians in this run; server CPU = the "
+            "server process's user + system time per message or handshake. deflate rows: "
+            "both servers with their default permessage-deflate, the load generator sending "
+            "pre-compressed JSON-like text (client_no_context_takeover); no limit row."
+        )
+    if memory:
+        print("\n### Server memory per idle connection\n")
+        print(memory_table(memory, mem_results, libs))
+        print(
+            "\nincrease of the server process's RSS (VmRSS) per connection, from before "
+            "opening them to when all are open and idle (a fresh server per measurement, "
+            f"median over rounds); deflate: the browsers' offer, then one {MEM_MESSAGE_SIZE} B "
+            "compressed JSON-like message echoed on each connection; (x) = ratio to "
+            "websockets."
+        )
+    for name, why in skipped.items():
+        print(f"\n**{name} not measured**: {why}")
+    for rs in mem_results.values():
+        for r in rs.values():
+            for error in dict.fromkeys(r.errors):
+                print(f"\n**memory measurement failed**: {error}")
+    if args.profile and timed:
+        log(summarise_profiles(out_dir, started))
 
     if args.json:
         doc = {
@@ -603,7 +956,27 @@ def main(argv: list[str] | None = None) -> int:
                         for lib, r in results[s.key].items()
                     },
                 }
-                for s in args.scenario_list
+                for s in timed
+            ],
+            "memory": [
+                {
+                    "key": s.key,
+                    "title": s.title,
+                    "connections": s.connections,
+                    "message_size": MEM_MESSAGE_SIZE,
+                    "results": {
+                        lib: {
+                            "kib_per_conn": {case: getattr(r, case) for case in MEM_CASES},
+                            "median_kib_per_conn": {
+                                case: median(getattr(r, case)) for case in MEM_CASES
+                            },
+                            "samples": r.samples,
+                            "errors": r.errors,
+                        }
+                        for lib, r in mem_results[s.key].items()
+                    },
+                }
+                for s in memory
             ],
         }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
@@ -611,20 +984,22 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def summarise_profiles(servers: dict[str, ServerProcess], out_dir: Path) -> str:
+def summarise_profiles(out_dir: Path, names: list[str]) -> str:
+    """Top 25 functions by own time of each server profiled in this run, to text files."""
     import io
     import pstats
 
     lines = []
-    for lib, server in servers.items():
-        path = server.profile_path
-        if path is None or not path.exists():
+    for name in names:
+        path = out_dir / f"server-{name}.prof"
+        if not path.exists():
+            lines.append(f"{name}: no profile written")
             continue
         stream = io.StringIO()
         pstats.Stats(str(path), stream=stream).sort_stats("tottime").print_stats(25)
-        text_path = out_dir / f"server-{lib}.prof.txt"
+        text_path = out_dir / f"server-{name}.prof.txt"
         text_path.write_text(stream.getvalue())
-        lines.append(f"{lib}: profile in {path}, top 25 by own time in {text_path}")
+        lines.append(f"{name}: profile in {path}, top 25 by own time in {text_path}")
     return "\n".join(lines)
 
 

@@ -72,7 +72,9 @@ async def _serve(port: int) -> AsyncIterator[asyncio.Server]:
         yield server
 
 
-def start(port: int) -> AbstractAsyncContextManager[Any]:
+def start(port: int, compression: bool) -> AbstractAsyncContextManager[Any]:
+    if compression:
+        raise SystemExit("the limit server does not do compression")
     return _serve(port)
 
 

@@ -15,9 +15,15 @@ async def handler(ws: Any) -> None:
         await ws.send(message)
 
 
-def start(port: int) -> AbstractAsyncContextManager[Any]:
+def start(port: int, compression: bool) -> AbstractAsyncContextManager[Any]:
+    # "deflate" is tether's default: tether.Deflate() (12-bit windows, level 6, mem_level 5,
+    # messages under 128 bytes sent uncompressed).
     server: AbstractAsyncContextManager[Any] = tether.serve(
-        handler, _common.HOST, port, compression=None, max_size=None
+        handler,
+        _common.HOST,
+        port,
+        compression="deflate" if compression else None,
+        max_size=None,
     )
     return server
 

@@ -14,8 +14,16 @@ async def handler(ws: ServerConnection) -> None:
         await ws.send(message)
 
 
-def start(port: int) -> AbstractAsyncContextManager[Any]:
-    return serve(handler, _common.HOST, port, compression=None, max_size=None)
+def start(port: int, compression: bool) -> AbstractAsyncContextManager[Any]:
+    # "deflate" is websockets' default: 12-bit windows, memLevel 5, zlib's default level,
+    # every message compressed.
+    return serve(
+        handler,
+        _common.HOST,
+        port,
+        compression="deflate" if compression else None,
+        max_size=None,
+    )
 
 
 if __name__ == "__main__":
