@@ -11,8 +11,11 @@ allowed for the message, and :meth:`PerMessageDeflate.decode` asks zlib for at m
 one byte more than that, so a small frame that would inflate to gigabytes costs
 neither the memory nor the time of inflating it: it fails with 1009 at once.
 
-Memory: zlib objects are created on first use and dropped after each message when
-context takeover is off, so an idle connection holds none.
+Memory: zlib objects are created on first use, so a connection that has not yet
+exchanged a compressed message holds none; with context takeover (the default) they
+then stay for the connection's life (about 45 KiB with the default 12-bit windows and
+mem_level 5, measured in bench/), and with ``*_no_context_takeover`` they are dropped
+after each message.
 """
 
 from __future__ import annotations
