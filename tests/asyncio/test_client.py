@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import ipaddress
+import logging
+import re
 import socket
+import ssl
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
 
 import pytest
 
 import tether
+from tether.asyncio.client import _retryable
 
+from ..test_proxy import Certificate, ProxyServer, clear_proxy_environment, make_certificate
 from .conftest import (
     TIMEOUT,
     RawServer,
@@ -362,15 +371,6 @@ def test_client_max_size_closes_with_1009(run: Run) -> None:
 
 # ----------------------------------------------------------- redirects and proxies
 
-# Redirects and proxies are issue 6 ("The client users actually need"): these tests
-# describe the behaviour API.md promises and fail until it is built (strict xfail:
-# they turn red as soon as they pass, so the marker is removed then).
-NOT_BUILT_ISSUE_6 = pytest.mark.xfail(
-    strict=True, reason="redirects and proxies are not built yet (issue 6)"
-)
-
-
-@NOT_BUILT_ISSUE_6
 def test_follows_redirects(run: Run) -> None:
     """API.md: the client follows HTTP redirects (at most 10)."""
 
@@ -396,7 +396,6 @@ def test_follows_redirects(run: Run) -> None:
     run(main())
 
 
-@NOT_BUILT_ISSUE_6
 def test_redirect_loop_is_bounded(run: Run) -> None:
     requests: list[str] = []
 
@@ -472,7 +471,6 @@ class ConnectProxy:
         await asyncio.wait_for(self._server.wait_closed(), TIMEOUT)
 
 
-@NOT_BUILT_ISSUE_6
 def test_http_proxy(run: Run) -> None:
     async def main() -> None:
         async with echo_server() as server, ConnectProxy() as proxy:
@@ -484,7 +482,6 @@ def test_http_proxy(run: Run) -> None:
     run(main())
 
 
-@NOT_BUILT_ISSUE_6
 def test_proxy_from_environment(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with echo_server() as server, ConnectProxy() as proxy:
@@ -500,7 +497,6 @@ def test_proxy_from_environment(run: Run, monkeypatch: pytest.MonkeyPatch) -> No
     run(main())
 
 
-@NOT_BUILT_ISSUE_6
 def test_unsupported_proxy_raises_invalid_proxy(run: Run) -> None:
     async def main() -> None:
         async with echo_server() as server:
@@ -508,6 +504,674 @@ def test_unsupported_proxy_raises_invalid_proxy(run: Run) -> None:
                 await asyncio.wait_for(
                     tether.connect(uri(server), proxy="ftp://127.0.0.1:1"), TIMEOUT
                 )
+
+    run(main())
+
+
+# --------------------------------------------------------------- more on redirects
+
+
+def redirecting(
+    routes: dict[str, str], status: int = 302, seen: list[tuple[str, tether.Request]] | None = None,
+    name: str = "",
+) -> Callable[[tether.ServerConnection, tether.Request], tether.Response | None]:
+    """``process_request`` answering each path in ``routes`` with a redirect there
+    (``{port}`` stands for the server's port); it records the requests in ``seen``."""
+
+    def process_request(
+        connection: tether.ServerConnection, request: tether.Request
+    ) -> tether.Response | None:
+        if seen is not None:
+            seen.append((name, request))
+        target = routes.get(request.path)
+        if target is None:
+            return None
+        response = connection.respond(status, f"moved to {target}\n")
+        response.headers["Location"] = target.format(port=connection.local_address[1])
+        return response
+
+    return process_request
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_statuses_and_relative_location(
+    run: Run, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tether.client")
+
+    async def main() -> None:
+        process_request = redirecting({"/a/old": "new?x=1"}, status)
+        async with echo_server(process_request=process_request) as server:
+            old, new = uri(server, "/a/old"), uri(server, "/a/new?x=1")
+            async with tether.connect(old) as ws:
+                assert ws.request is not None and ws.request.path == "/a/new?x=1"
+                await ws.send("here")
+                assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "here"
+        [record] = [r for r in caplog.records if "redirected" in r.getMessage()]
+        assert record.name == "tether.client" and record.levelno == logging.INFO
+        assert record.getMessage() == (
+            f"{old} redirected to {new} (HTTP {status} {HTTPStatus(status).phrase})"
+        )
+
+    run(main())
+
+
+def test_redirect_to_another_server_with_an_http_url(run_any: Run) -> None:
+    """An http:// Location means ws://; credentials in headers stay with the first host."""
+    seen: list[tuple[str, tether.Request]] = []
+
+    async def main() -> None:
+        async with echo_server(process_request=redirecting({}, seen=seen, name="B")) as b:
+            port = b.port
+            to_b = {"/": f"http://localhost:{port}/b"}
+            async with (
+                echo_server(process_request=redirecting(to_b, seen=seen, name="A")) as a,
+                tether.connect(
+                    uri(a), additional_headers={"Authorization": "Bearer t0k3n", "X-Id": "7"}
+                ) as ws,
+            ):
+                await ws.send("to B")
+                assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "to B"
+        assert [(name, request.path) for name, request in seen] == [("A", "/"), ("B", "/b")]
+        (_, first), (_, second) = seen
+        assert first.headers["Authorization"] == "Bearer t0k3n"
+        assert "Authorization" not in second.headers
+        assert second.headers["X-Id"] == "7"
+        assert second.headers["Host"] == f"localhost:{port}"
+
+    run_any(main())
+
+
+def test_redirect_loop_error_says_so(run: Run) -> None:
+    async def main() -> None:
+        process_request = redirecting({"/a": "/b", "/b": "/a"})
+        async with echo_server(process_request=process_request) as server:
+            with pytest.raises(tether.InvalidStatus, match="redirect loop") as info:
+                await asyncio.wait_for(tether.connect(uri(server, "/a")), TIMEOUT)
+        assert info.value.response.status == 302
+        assert not _retryable(info.value)
+
+    run(main())
+
+
+def test_too_many_redirects(run: Run) -> None:
+    seen: list[tuple[str, tether.Request]] = []
+
+    async def main() -> None:
+        routes = {f"/{i}": f"/{i + 1}" for i in range(20)}
+        async with echo_server(process_request=redirecting(routes, seen=seen)) as server:
+            with pytest.raises(tether.InvalidStatus, match=r"too many redirects: more than "
+                               r"max_redirects=3 .*; fix the redirects or raise max_redirects"):
+                await asyncio.wait_for(
+                    tether.connect(uri(server, "/0"), max_redirects=3), TIMEOUT
+                )
+        assert [request.path for _, request in seen] == ["/0", "/1", "/2", "/3"]
+
+    run(main())
+
+
+def test_default_limit_is_ten_redirects(run: Run) -> None:
+    seen: list[tuple[str, tether.Request]] = []
+
+    async def main() -> None:
+        routes = {f"/{i}": f"/{i + 1}" for i in range(10)}
+        async with (
+            echo_server(process_request=redirecting(routes, seen=seen)) as server,
+            tether.connect(uri(server, "/0")) as ws,
+        ):
+            assert ws.request is not None and ws.request.path == "/10"
+        assert len(seen) == 11
+
+    run(main())
+
+
+def test_max_redirects_zero_raises_the_redirect(run: Run) -> None:
+    async def main() -> None:
+        async with echo_server(process_request=redirecting({"/": "/new"})) as server:
+            with pytest.raises(tether.InvalidStatus) as info:
+                await asyncio.wait_for(tether.connect(uri(server), max_redirects=0), TIMEOUT)
+        assert info.value.response.status == 302
+        assert info.value.response.headers["Location"] == "/new"
+        assert info.value.response.body == b"moved to /new\n"
+
+    run(main())
+
+
+def test_redirect_without_location_is_an_invalid_status(run: Run) -> None:
+    def no_location(
+        connection: tether.ServerConnection, request: tether.Request
+    ) -> tether.Response:
+        return connection.respond(302)
+
+    async def main() -> None:
+        async with echo_server(process_request=no_location) as server:
+            with pytest.raises(tether.InvalidStatus, match="HTTP 302"):
+                await asyncio.wait_for(tether.connect(uri(server)), TIMEOUT)
+
+    run(main())
+
+
+def test_redirect_from_wss_to_ws_is_refused(run: Run, certificate: Certificate) -> None:
+    seen: list[tuple[str, tether.Request]] = []
+
+    async def main() -> None:
+        async with echo_server(process_request=redirecting({}, seen=seen)) as plain:
+            to_plain = {"/": f"ws://127.0.0.1:{plain.port}/"}
+            async with echo_server(
+                process_request=redirecting(to_plain), ssl=certificate.server_context()
+            ) as secure:
+                with pytest.raises(tether.InvalidStatus,
+                                   match="wss:// may not redirect to ws://"):
+                    await asyncio.wait_for(
+                        tether.connect(f"wss://127.0.0.1:{secure.port}/",
+                                       ssl=certificate.client_context()),
+                        TIMEOUT,
+                    )
+        assert seen == []
+
+    run(main())
+
+
+def test_redirect_from_ws_to_wss(run: Run, certificate: Certificate) -> None:
+    async def main() -> None:
+        async with echo_server(ssl=certificate.server_context()) as secure:
+            to_secure = {"/": f"wss://127.0.0.1:{secure.port}/s"}
+            async with echo_server(process_request=redirecting(to_secure)) as plain:
+                # The wss:// hop uses the system's CAs, which don't know the test's
+                # self-signed certificate: proof that it was tried with TLS.
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await asyncio.wait_for(tether.connect(uri(plain)), TIMEOUT)
+
+    run(main())
+
+
+def test_redirect_with_sock_cannot_be_followed(run: Run) -> None:
+    async def main() -> None:
+        async with echo_server(process_request=redirecting({"/": "/new"})) as server:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+            with pytest.raises(tether.InvalidStatus, match="sock="):
+                await asyncio.wait_for(tether.connect(uri(server), sock=sock), TIMEOUT)
+
+    run(main())
+
+
+def test_unix_connect_follows_a_redirect_on_the_same_host(run: Run, unix_path: str) -> None:
+    async def main() -> None:
+        process_request = redirecting({"/old": "/new", "/away": "ws://elsewhere/"})
+        async with tether.unix_serve(echo, unix_path, process_request=process_request):
+            async with tether.unix_connect(unix_path, "ws://localhost/old") as ws:
+                assert ws.request is not None and ws.request.path == "/new"
+            with pytest.raises(tether.InvalidStatus, match="same host only"):
+                await asyncio.wait_for(
+                    tether.unix_connect(unix_path, "ws://localhost/away"), TIMEOUT
+                )
+        with pytest.raises(ValueError, match="proxy"):
+            tether.unix_connect(unix_path, proxy="http://127.0.0.1:1")
+
+    run(main())
+
+
+# ---------------------------------------------------------------- more on proxies
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return make_certificate(tmp_path_factory.mktemp("proxy-tls"))
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable in the environment; the monkeypatch to set some."""
+    clear_proxy_environment(monkeypatch)
+    return monkeypatch
+
+
+async def roundtrip(ws: tether.ClientConnection, message: str = "through") -> None:
+    await ws.send(message)
+    assert await asyncio.wait_for(ws.recv(), TIMEOUT) == message
+
+
+def test_http_proxy_with_credentials(run: Run) -> None:
+    async def main() -> None:
+        with ProxyServer(auth=("al@ice", "s3:cret")) as proxy:
+            proxy_url = f"http://al%40ice:s3%3Acret@127.0.0.1:{proxy.port}"
+            async with echo_server() as server, tether.connect(uri(server), proxy=proxy_url) as ws:
+                await roundtrip(ws)
+                port = server.port
+            [request] = proxy.requests
+        assert request.credentials == "Basic " + base64.b64encode(b"al@ice:s3:cret").decode()
+        assert request.target == f"127.0.0.1:{port}"
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("credentials", "message"),
+    [
+        (None, "the proxy needs credentials"),
+        (("alice", "wrong"), "check the user name and password"),
+    ],
+)
+def test_http_proxy_authentication_required(
+    run: Run, credentials: tuple[str, str] | None, message: str
+) -> None:
+    async def main() -> None:
+        with ProxyServer(auth=("alice", "right")) as proxy:
+            url = proxy.url(credentials=credentials) if credentials else (
+                f"http://127.0.0.1:{proxy.port}"
+            )
+            with pytest.raises(tether.InvalidProxy) as info:
+                await asyncio.wait_for(tether.connect("ws://127.0.0.1:1/", proxy=url), TIMEOUT)
+        text = str(info.value)
+        assert (
+            f"proxy http://127.0.0.1:{proxy.port} refused CONNECT 127.0.0.1:1: "
+            "HTTP 407 Proxy Authentication Required"
+        ) in text
+        assert message in text and "wrong" not in text
+        assert isinstance(info.value.__cause__, tether.InvalidStatus)
+        assert info.value.__cause__.response.status == 407
+        assert info.value.__cause__.response.headers["Proxy-Authenticate"] == 'Basic realm="test"'
+        assert not _retryable(info.value)
+
+    run(main())
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(403, False), (502, True), (503, True)])
+def test_proxy_refusing_connect(run: Run, status: int, retryable: bool) -> None:
+    async def main() -> None:
+        with (
+            ProxyServer(refuse=status) as proxy,
+            pytest.raises(tether.InvalidProxy, match=f"HTTP {status}") as info,
+        ):
+            await asyncio.wait_for(
+                tether.connect("ws://127.0.0.1:1/", proxy=proxy.url()), TIMEOUT
+            )
+        assert _retryable(info.value) is retryable
+
+    run(main())
+
+
+def test_proxy_name_resolution_is_the_proxys(run: Run) -> None:
+    """Through an HTTP proxy, the server's name is sent as is: the proxy resolves it."""
+
+    async def main() -> None:
+        with ProxyServer(hosts={"ws.proxy.test": "127.0.0.1"}) as proxy:
+            async with echo_server(process_request=redirecting({}, seen=seen)) as server:
+                port = server.port
+                async with tether.connect(f"ws://ws.proxy.test:{port}/", proxy=proxy.url()) as ws:
+                    await roundtrip(ws)
+            assert proxy.targets == [f"ws.proxy.test:{port}"]
+        [(_, request)] = seen
+        assert request.headers["Host"] == f"ws.proxy.test:{port}"
+
+    seen: list[tuple[str, tether.Request]] = []
+    run(main())
+
+
+def test_unreachable_proxy_raises_oserror(run: Run) -> None:
+    async def main() -> None:
+        with socket_bound_not_listening() as port:
+            for scheme in ("http", "socks5"):
+                with pytest.raises(OSError):
+                    await asyncio.wait_for(
+                        tether.connect("ws://127.0.0.1:1/", proxy=f"{scheme}://127.0.0.1:{port}"),
+                        TIMEOUT,
+                    )
+
+    run(main())
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+def test_open_timeout_covers_the_proxy_handshake(run_any: Run, scheme: str) -> None:
+    """A proxy that accepts TCP and never answers: TimeoutError after open_timeout."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with RawServer(handshake=False) as raw:
+            start = loop.time()
+            with pytest.raises(TimeoutError):
+                await tether.connect(
+                    "ws://127.0.0.1:1/", proxy=f"{scheme}://127.0.0.1:{raw.port}",
+                    open_timeout=0.2,
+                )
+            assert 0.15 < loop.time() - start < 3
+            # The client asked the proxy, then closed the connection to it.
+            peer = await raw.next_peer()
+            sent = await peer.read_eof()
+            assert sent.startswith(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n" if scheme == "http"
+                                   else b"\x05")
+
+    run_any(main())
+
+
+def test_proxy_closing_without_an_answer(run: Run) -> None:
+    async def main() -> None:
+        async with RawServer(handshake=False) as raw:
+            opening = asyncio.ensure_future(
+                tether.connect("ws://127.0.0.1:1/", proxy=f"http://127.0.0.1:{raw.port}")
+            )
+            peer = await raw.next_peer()
+            first, headers = await read_http_head(peer.reader)
+            assert first == "CONNECT 127.0.0.1:1 HTTP/1.1"
+            assert headers["host"] == "127.0.0.1:1"
+            await peer.close()
+            with pytest.raises(tether.InvalidProxy, match=r"closed the connection without "
+                               r"answering CONNECT 127\.0\.0\.1:1"):
+                await asyncio.wait_for(opening, TIMEOUT)
+
+    run(main())
+
+
+def test_proxy_sending_garbage(run: Run) -> None:
+    async def main() -> None:
+        async with RawServer(handshake=False) as raw:
+            opening = asyncio.ensure_future(
+                tether.connect("ws://127.0.0.1:1/", proxy=f"http://127.0.0.1:{raw.port}")
+            )
+            peer = await raw.next_peer()
+            await read_http_head(peer.reader)
+            peer.writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+            with pytest.raises(tether.InvalidProxy, match="invalid response from proxy"):
+                await asyncio.wait_for(opening, TIMEOUT)
+
+    run(main())
+
+
+@pytest.mark.parametrize("target", ["ws", "wss"])
+def test_https_proxy(run_any: Run, certificate: Certificate, target: str) -> None:
+    """TLS to the proxy; for wss://, TLS to the server inside it."""
+
+    async def main() -> None:
+        secure = target == "wss"
+        loop = asyncio.get_running_loop()
+        if secure and sys.version_info < (3, 11) and not type(loop).__module__.startswith(
+            "uvloop"
+        ):
+            # asyncio can't put TLS in TLS before 3.11: a clear error instead.
+            async with echo_server(ssl=certificate.server_context()) as server:
+                with (
+                    ProxyServer(tls=certificate.server_context()) as proxy,
+                    pytest.raises(tether.InvalidProxy, match=r"use Python 3\.11 or later, uvloop"),
+                ):
+                    await asyncio.wait_for(
+                        tether.connect(f"wss://127.0.0.1:{server.port}/", proxy=proxy.url(),
+                                       proxy_ssl=certificate.client_context()),
+                        TIMEOUT,
+                    )
+            return
+        with ProxyServer(tls=certificate.server_context()) as proxy:
+            async with echo_server(
+                ssl=certificate.server_context() if secure else None
+            ) as server:
+                port = server.port
+                async with tether.connect(
+                    f"{target}://127.0.0.1:{port}/", proxy=proxy.url(),
+                    proxy_ssl=certificate.client_context(),
+                    ssl=certificate.client_context() if secure else None,
+                ) as ws:
+                    assert proxy.url().startswith("https://")
+                    await roundtrip(ws, "x" * 100_000)
+                    assert ws.transport is not None
+                    assert ws.transport.get_extra_info("ssl_object") is not None
+                assert ws.close_code == 1000
+            assert proxy.targets == [f"127.0.0.1:{port}"]
+
+    run_any(main())
+
+
+def test_https_proxy_certificate_is_verified(run: Run, certificate: Certificate) -> None:
+    async def main() -> None:
+        with ProxyServer(tls=certificate.server_context()) as proxy:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncio.wait_for(
+                    tether.connect("ws://127.0.0.1:1/", proxy=proxy.url()), TIMEOUT
+                )
+            assert proxy.requests == []
+
+    run(main())
+
+
+def test_wss_through_http_proxy(run: Run, certificate: Certificate) -> None:
+    async def main() -> None:
+        with ProxyServer() as proxy:
+            async with echo_server(ssl=certificate.server_context()) as server:
+                port = server.port
+                async with tether.connect(f"wss://localhost:{port}/", proxy=proxy.url(),
+                                          ssl=certificate.client_context()) as ws:
+                    await roundtrip(ws)
+                    assert ws.transport is not None
+                    assert ws.transport.get_extra_info("ssl_object") is not None
+            assert proxy.targets == [f"localhost:{port}"]
+
+    run(main())
+
+
+@pytest.mark.parametrize("auth", [None, ("user", "pa ss")])
+def test_socks5_proxy(run_any: Run, auth: tuple[str, str] | None) -> None:
+    async def main() -> None:
+        with ProxyServer("socks", auth=auth) as proxy:
+            async with echo_server() as server, tether.connect(
+                uri(server), proxy=proxy.url()
+            ) as ws:
+                await roundtrip(ws)
+                port = server.port
+            [request] = proxy.requests
+        assert request.protocol == "socks5"
+        assert (request.host, request.port) == ("127.0.0.1", port)
+        assert request.address_type == "ipv4"
+        assert request.credentials == (auth[0] if auth else None)
+
+    run_any(main())
+
+
+def test_socks5_wrong_password(run: Run) -> None:
+    async def main() -> None:
+        with ProxyServer("socks", auth=("user", "right")) as proxy:
+            message = (f"SOCKS proxy socks5://127.0.0.1:{proxy.port} refused the connection "
+                       "to 127.0.0.1:1")
+            with pytest.raises(tether.InvalidProxy, match=re.escape(message)) as info:
+                await asyncio.wait_for(
+                    tether.connect("ws://127.0.0.1:1/",
+                                   proxy=proxy.url(credentials=("user", "wrong"))),
+                    TIMEOUT,
+                )
+        assert "wrong" not in str(info.value)
+        assert not _retryable(info.value)
+
+    run(main())
+
+
+def test_socks5_refusal_is_retryable(run: Run) -> None:
+    async def main() -> None:
+        with (
+            ProxyServer("socks", refuse=5) as proxy,  # 5: connection refused
+            pytest.raises(tether.InvalidProxy, match="refused") as info,
+        ):
+            await asyncio.wait_for(
+                tether.connect("ws://127.0.0.1:1/", proxy=proxy.url()), TIMEOUT
+            )
+        assert _retryable(info.value)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("scheme", "protocol", "address_type"),
+    [
+        ("socks5h", "socks5", "domain"),
+        ("socks4a", "socks4", "domain"),
+    ],
+)
+def test_socks_remote_name_resolution(
+    run: Run, scheme: str, protocol: str, address_type: str
+) -> None:
+    """socks5h:// and socks4a:// send the name: only the proxy knows ws.proxy.test."""
+
+    async def main() -> None:
+        with ProxyServer("socks", hosts={"ws.proxy.test": "127.0.0.1"}) as proxy:
+            async with echo_server() as server:
+                port = server.port
+                async with tether.connect(f"ws://ws.proxy.test:{port}/",
+                                          proxy=proxy.url(scheme)) as ws:
+                    await roundtrip(ws)
+            [request] = proxy.requests
+        assert (request.protocol, request.address_type) == (protocol, address_type)
+        assert request.target == f"ws.proxy.test:{port}"
+
+    run(main())
+
+
+@pytest.mark.parametrize(("scheme", "protocol"), [("socks5", "socks5"), ("socks4", "socks4")])
+def test_socks_local_name_resolution(run: Run, scheme: str, protocol: str) -> None:
+    """socks5:// and socks4:// resolve the name here and send an address."""
+
+    async def main() -> None:
+        with ProxyServer("socks") as proxy:
+            async with echo_server() as server, tether.connect(
+                f"ws://localhost:{server.port}/", proxy=proxy.url(scheme)
+            ) as ws:
+                await roundtrip(ws)
+            [request] = proxy.requests
+        assert request.protocol == protocol
+        assert request.address_type in ("ipv4", "ipv6")
+        assert ipaddress.ip_address(request.host).is_loopback
+
+    run(main())
+
+
+def test_socks_without_python_socks(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "python_socks", None)
+
+    async def main() -> None:
+        with pytest.raises(tether.InvalidProxy, match=r"pip install 'tether\[socks\]'"):
+            await asyncio.wait_for(
+                tether.connect("ws://127.0.0.1:1/", proxy="socks5://127.0.0.1:1"), TIMEOUT
+            )
+
+    run(main())
+
+
+def test_https_proxy_from_environment_for_wss(
+    run: Run, certificate: Certificate, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        with ProxyServer() as https_proxy, ProxyServer() as http_proxy:
+            no_proxy_env.setenv("HTTPS_PROXY", https_proxy.url())
+            no_proxy_env.setenv("http_proxy", http_proxy.url())
+            async with echo_server(ssl=certificate.server_context()) as server:
+                port = server.port
+                async with tether.connect(f"wss://127.0.0.1:{port}/",
+                                          ssl=certificate.client_context()) as ws:
+                    await roundtrip(ws)
+            assert https_proxy.targets == [f"127.0.0.1:{port}"]
+            assert http_proxy.targets == []
+
+    run(main())
+
+
+def test_all_proxy_from_environment(run: Run, no_proxy_env: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        with ProxyServer("socks") as proxy:
+            no_proxy_env.setenv("ALL_PROXY", proxy.url("socks5h"))
+            async with echo_server() as server, tether.connect(uri(server)) as ws:
+                await roundtrip(ws)
+                port = server.port
+            assert proxy.targets == [f"127.0.0.1:{port}"]
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "no_proxy", ["127.0.0.1", "localhost,127.0.0.1", "127.0.0.0/8", "*", "example.com, 127.0.0.1"]
+)
+def test_no_proxy_bypasses_the_environment_proxy(
+    run: Run, no_proxy_env: pytest.MonkeyPatch, no_proxy: str
+) -> None:
+    async def main() -> None:
+        with ProxyServer() as proxy:
+            no_proxy_env.setenv("http_proxy", proxy.url())
+            no_proxy_env.setenv("no_proxy", no_proxy)
+            async with echo_server() as server, tether.connect(uri(server)) as ws:
+                await roundtrip(ws)
+            assert proxy.requests == []
+
+    run(main())
+
+
+def test_no_proxy_not_matching(run: Run, no_proxy_env: pytest.MonkeyPatch) -> None:
+    """curl's rule: loopback is proxied too unless no_proxy names it."""
+
+    async def main() -> None:
+        with ProxyServer() as proxy:
+            no_proxy_env.setenv("http_proxy", proxy.url())
+            no_proxy_env.setenv("NO_PROXY", "localhost,example.com")
+            async with echo_server() as server, tether.connect(uri(server)) as ws:
+                await roundtrip(ws)
+                port = server.port
+            assert proxy.targets == [f"127.0.0.1:{port}"]
+
+    run(main())
+
+
+def test_proxy_none_ignores_the_environment(run: Run, no_proxy_env: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        with ProxyServer() as proxy:
+            no_proxy_env.setenv("http_proxy", proxy.url())
+            no_proxy_env.setenv("all_proxy", proxy.url())
+            async with echo_server() as server, tether.connect(uri(server), proxy=None) as ws:
+                await roundtrip(ws)
+            assert proxy.requests == []
+
+    run(main())
+
+
+def test_bad_environment_proxy(run: Run, no_proxy_env: pytest.MonkeyPatch) -> None:
+    no_proxy_env.setenv("http_proxy", "gopher://127.0.0.1:70")
+
+    async def main() -> None:
+        with pytest.raises(tether.InvalidProxy, match="environment variable http_proxy"):
+            await asyncio.wait_for(tether.connect("ws://127.0.0.1:1/"), TIMEOUT)
+
+    run(main())
+
+
+def test_each_redirect_hop_goes_through_the_proxy(
+    run: Run, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        with ProxyServer() as proxy:
+            no_proxy_env.setenv("http_proxy", proxy.url())
+            async with echo_server() as b:
+                to_b = {"/": f"ws://localhost:{b.port}/"}
+                async with (
+                    echo_server(process_request=redirecting(to_b)) as a,
+                    tether.connect(uri(a)) as ws,
+                ):
+                    await roundtrip(ws)
+                    expected = [f"127.0.0.1:{a.port}", f"localhost:{b.port}"]
+            assert proxy.targets == expected
+
+    run(main())
+
+
+def test_bad_proxy_options() -> None:
+    with pytest.raises(tether.InvalidProxy, match="unsupported proxy scheme"):
+        tether.connect("ws://127.0.0.1:1/", proxy="ftp://127.0.0.1:1")
+    with pytest.raises(TypeError, match="proxy must be"):
+        tether.connect("ws://127.0.0.1:1/", proxy=8080)  # type: ignore[arg-type]
+    with socket.socket() as sock, pytest.raises(ValueError, match="sock="):
+        tether.connect("ws://127.0.0.1:1/", proxy="http://127.0.0.1:1", sock=sock)
+    with pytest.raises(ValueError, match="max_redirects"):
+        tether.connect("ws://127.0.0.1:1/", max_redirects=-1)
+
+
+def test_reconnecting_iterator_does_not_retry_a_proxy_refusal(run: Run) -> None:
+    async def main() -> None:
+        with ProxyServer(refuse=407) as proxy:
+            with pytest.raises(tether.InvalidProxy, match="407"):
+                async for _ws in tether.connect("ws://127.0.0.1:1/", proxy=proxy.url()):
+                    pytest.fail("no connection expected")  # pragma: no cover
+            assert len(proxy.requests) == 1
 
     run(main())
 

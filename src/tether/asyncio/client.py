@@ -1,25 +1,51 @@
-"""The asyncio WebSocket client: :func:`connect` and :func:`unix_connect`."""
+"""The asyncio WebSocket client: :func:`connect` and :func:`unix_connect`.
+
+Opening a connection, all bounded by ``open_timeout``: the TCP connection, straight
+to the server or through a proxy (an HTTP CONNECT tunnel spoken by
+:class:`_TunnelProtocol`, TLS to the proxy for ``https://`` proxies; SOCKS through
+python-socks), TLS to the server for ``wss://`` (``loop.start_tls`` on the tunnel),
+then the WebSocket handshake; a redirect starts again at the new URI
+(:class:`tether.proxy.RedirectChain`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+import socket
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Generator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from ..exceptions import (
     InvalidHandshake,
     InvalidMessage,
+    InvalidProxy,
     InvalidStatus,
 )
 from ..protocol.connection import Side
 from ..protocol.deflate import Deflate, client_accept, client_offer, compression_settings
 from ..protocol.handshake import ClientHandshake
 from ..protocol.http import HeadersLike
-from ..uri import WebSocketURI, auth_headers, parse_uri
+from ..proxy import (
+    MAX_REDIRECTS,
+    SOCKS_INSTALL_HINT,
+    ConnectHandshake,
+    Proxy,
+    ProxyOption,
+    RedirectChain,
+    check_proxy_option,
+    proxy_error_is_temporary,
+    redact,
+    request_headers,
+    select_proxy,
+    socks_error,
+    socks_settings,
+)
+from ..uri import WebSocketURI, parse_uri
 from .connection import Connection
 
 __all__ = ["ClientConnection", "WebSocketURI", "connect", "parse_uri", "unix_connect"]
@@ -96,9 +122,16 @@ def _retryable(exc: BaseException) -> bool:
     """Errors after which reconnecting may help."""
     if isinstance(exc, InvalidStatus):
         return exc.response.status >= 500 or exc.response.status == 429
+    if isinstance(exc, InvalidProxy):
+        return proxy_error_is_temporary(exc)
     if isinstance(exc, ssl_module.SSLCertVerificationError):
         return False
     return isinstance(exc, (OSError, asyncio.TimeoutError, InvalidMessage))
+
+
+#: Keyword arguments of ``loop.create_connection`` about the TLS layer: they apply to
+#: TLS with the server, not to the TCP connection (to a proxy, say).
+_TLS_KWARGS = frozenset({"ssl_handshake_timeout", "ssl_shutdown_timeout"})
 
 
 class connect:
@@ -107,8 +140,13 @@ class connect:
     ``ws = await connect(uri)``, ``async with connect(uri) as ws``, or
     ``async for ws in connect(uri)`` to reconnect after each disconnection, with
     exponential backoff and full jitter (``backoff_initial`` seconds at first, growing
-    by ``backoff_factor`` up to ``backoff_max``). Keyword arguments it does not know
-    are passed to :meth:`loop.create_connection`.
+    by ``backoff_factor`` up to ``backoff_max``). ``proxy`` is a proxy URL
+    (``http://``, ``https://``, ``socks5://``, ``socks5h://``, ``socks4://``,
+    ``socks4a://``), ``True`` for the environment's (``https_proxy``, ``http_proxy``,
+    ``all_proxy``, ``no_proxy``), or ``None`` for none; ``proxy_ssl`` is the
+    :class:`ssl.SSLContext` for TLS to an ``https://`` proxy. Redirects (301, 302, 303,
+    307, 308) are followed, at most ``max_redirects`` (``None``: no limit; 0: none).
+    Keyword arguments it does not know are passed to :meth:`loop.create_connection`.
     """
 
     def __init__(
@@ -130,6 +168,9 @@ class connect:
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         ssl: ssl_module.SSLContext | bool | None = None,
         server_hostname: str | None = None,
+        proxy: ProxyOption = True,
+        proxy_ssl: ssl_module.SSLContext | None = None,
+        max_redirects: int | None = MAX_REDIRECTS,
         backoff_initial: float = 1.0,
         backoff_factor: float = 1.618,
         backoff_max: float = 60.0,
@@ -141,6 +182,13 @@ class connect:
             raise ValueError("ssl= was given for a ws:// URI; use wss:// for TLS")
         self.ssl = ssl
         self.server_hostname = server_hostname
+        self.proxy = check_proxy_option(proxy)
+        if isinstance(self.proxy, str) and "sock" in kwargs:
+            raise ValueError("proxy= and sock= cannot be used together: sock is already "
+                             "connected")
+        self.proxy_ssl = proxy_ssl
+        RedirectChain(uri, max_redirects)  # checks max_redirects
+        self.max_redirects = max_redirects
         self.origin = origin
         self.subprotocols = subprotocols
         self.additional_headers = additional_headers
@@ -163,13 +211,8 @@ class connect:
         self._kwargs = kwargs
         self.connection: ClientConnection | None = None
 
-    def _factory(self) -> ClientConnection:
-        wsuri = self.wsuri
-        headers = list(auth_headers(wsuri))
-        if self.additional_headers is not None:
-            from ..protocol.http import Headers
-
-            headers.extend(Headers(self.additional_headers).raw_items())
+    def _factory(self, wsuri: WebSocketURI, same_origin: bool = True) -> ClientConnection:
+        headers = request_headers(wsuri, self.additional_headers, same_origin=same_origin)
         handshake = ClientHandshake(
             wsuri.host_header,
             wsuri.path,
@@ -183,33 +226,152 @@ class connect:
         )
         return ClientConnection(handshake, self.compression, **self._connection_options)
 
-    async def _create_connection(self) -> ClientConnection:
-        loop = asyncio.get_running_loop()
-        kwargs = dict(self._kwargs)
-        if self.wsuri.secure:
-            kwargs["ssl"] = True if self.ssl is None else self.ssl
-            if self.server_hostname is not None:
-                kwargs["server_hostname"] = self.server_hostname
-        if "sock" in kwargs:
-            _, conn = await loop.create_connection(self._factory, **kwargs)
-        else:
-            _, conn = await loop.create_connection(
-                self._factory, self.wsuri.host, self.wsuri.port, **kwargs
+    def _tls_options(self, wsuri: WebSocketURI) -> dict[str, Any]:
+        """``ssl`` and ``server_hostname`` for ``create_connection`` (empty for ws://)."""
+        if not wsuri.secure:
+            return {}
+        options: dict[str, Any] = {"ssl": True if self.ssl is None else self.ssl}
+        if options["ssl"] is not False:
+            # server_hostname overrides the name checked for the URI's host only.
+            same_host = wsuri.host == self.wsuri.host
+            options["server_hostname"] = (
+                self.server_hostname if self.server_hostname is not None and same_host
+                else wsuri.host
             )
+        return options
+
+    async def _create_connection(
+        self, wsuri: WebSocketURI, same_origin: bool = True
+    ) -> ClientConnection:
+        loop = asyncio.get_running_loop()
+        factory = functools.partial(self._factory, wsuri, same_origin)
+        kwargs = dict(self._kwargs)
+        tls = self._tls_options(wsuri)
+        if "sock" in kwargs:
+            _, conn = await loop.create_connection(factory, **tls, **kwargs)
+            return conn
+        proxy = select_proxy(wsuri, self.proxy)
+        if proxy is None:
+            _, conn = await loop.create_connection(
+                factory, wsuri.host, wsuri.port, **tls, **kwargs
+            )
+            return conn
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("connecting to %s:%d through proxy %s",
+                              wsuri.host, wsuri.port, proxy.url)
+        tls_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _TLS_KWARGS}
+        if not tls.get("ssl"):
+            tls_kwargs = {}
+        if proxy.is_http:
+            return await self._through_http_proxy(proxy, wsuri, factory, tls, tls_kwargs, kwargs)
+        sock = await _socks_connect(proxy, wsuri, kwargs)
+        try:
+            _, conn = await loop.create_connection(factory, sock=sock, **tls, **tls_kwargs)
+        except BaseException:
+            sock.close()
+            raise
         return conn
 
+    async def _through_http_proxy(
+        self,
+        proxy: Proxy,
+        wsuri: WebSocketURI,
+        factory: functools.partial[ClientConnection],
+        tls: dict[str, Any],
+        tls_kwargs: dict[str, Any],
+        kwargs: dict[str, Any],
+    ) -> ClientConnection:
+        """A CONNECT tunnel through an HTTP(S) proxy, then TLS to the server for wss://."""
+        loop = asyncio.get_running_loop()
+        handshake = ConnectHandshake(proxy, wsuri.host, wsuri.port,
+                                     user_agent_header=self.user_agent_header)
+        tunnel = _TunnelProtocol(handshake, loop)
+        proxy_tls: dict[str, Any] = {}
+        if proxy.tls:
+            proxy_tls = {"ssl": self.proxy_ssl or True, "server_hostname": proxy.host}
+        transport, _ = await loop.create_connection(
+            lambda: tunnel, proxy.host, proxy.port, **proxy_tls, **kwargs
+        )
+        try:
+            await tunnel.waiter
+            handshake.check_no_trailing_data(len(tunnel.unexpected))
+            conn = factory()
+            if tls.get("ssl"):
+                context = tls["ssl"]
+                if not isinstance(context, ssl_module.SSLContext):
+                    context = ssl_module.create_default_context()
+                try:
+                    tls_transport = await loop.start_tls(
+                        transport, conn, context, server_hostname=tls["server_hostname"],
+                        **tls_kwargs,
+                    )
+                except TypeError as exc:  # Python 3.10's own event loop
+                    raise InvalidProxy(
+                        f"wss:// through the https:// proxy {proxy.url} needs TLS inside "
+                        "TLS, which this event loop can't do; use Python 3.11 or later, "
+                        f"uvloop, or an http:// proxy ({exc})"
+                    ) from exc
+                if tls_transport is None:  # pragma: no cover - closed meanwhile
+                    raise InvalidMessage("connection closed during the TLS handshake")
+                conn.connection_made(tls_transport)
+            else:
+                transport.set_protocol(conn)
+                conn.connection_made(transport)
+        except BaseException:
+            transport.abort()
+            raise
+        return conn
+
+    def _cannot_follow(self, old: WebSocketURI, new: WebSocketURI) -> str | None:
+        """Why a redirect from ``old`` to ``new`` cannot be followed, if it cannot."""
+        if "sock" in self._kwargs:
+            return "connect() was given sock=, which cannot be used again"
+        return None
+
     async def _open(self) -> ClientConnection:
+        chain = RedirectChain(self.uri, self.max_redirects)
+        wsuri = self.wsuri
         conn: ClientConnection | None = None
         try:
             async with _timeout(self.open_timeout):
-                conn = await self._create_connection()
-                await conn.handshake_waiter
+                while True:
+                    conn = None
+                    conn = await self._create_connection(wsuri, chain.same_origin)
+                    try:
+                        await conn.handshake_waiter
+                    except InvalidStatus as exc:
+                        new = self._redirect(chain, exc, wsuri)
+                        if new is None:
+                            raise
+                        wsuri = new
+                        continue
+                    break
         except BaseException:
             if conn is not None and conn.transport is not None:
                 conn.transport.abort()
             raise
         self.connection = conn
         return conn
+
+    def _redirect(
+        self, chain: RedirectChain, exc: InvalidStatus, wsuri: WebSocketURI
+    ) -> WebSocketURI | None:
+        """The URI to try next after a redirect (``None``: not a redirect; raise exc)."""
+        response = exc.response
+        previous = chain.uri
+        uri = chain.follow(response)
+        if uri is None:
+            return None
+        new = parse_uri(uri)
+        reason = self._cannot_follow(wsuri, new)
+        if reason is not None:
+            raise chain.error(
+                response, f"cannot follow the redirect from {redact(previous)} to "
+                f"{redact(uri)}: {reason}"
+            ) from None
+        self.logger.info("%s redirected to %s (HTTP %d %s)", redact(previous), redact(uri),
+                         response.status, response.reason)
+        return new
 
     def __await__(self) -> Generator[Any, None, ClientConnection]:
         return self._open().__await__()
@@ -237,7 +399,8 @@ class connect:
                     raise
                 wait = random.uniform(0, delay)
                 self.logger.info(
-                    "connection to %s failed (%s); retrying in %.1f s", self.uri, exc, wait
+                    "connection to %s failed (%s); retrying in %.1f s", redact(self.uri), exc,
+                    wait,
                 )
                 await asyncio.sleep(wait)
                 delay = min(delay * self.backoff_factor, self.backoff_max)
@@ -250,22 +413,109 @@ class connect:
 
 
 class unix_connect(connect):
-    """:func:`connect` over the Unix socket at ``path``; ``uri`` defaults to ``ws://localhost/``."""
+    """:func:`connect` over the Unix socket at ``path``; ``uri`` defaults to ``ws://localhost/``.
+
+    No proxy is used. A redirect is followed only to another path on the same host.
+    """
 
     def __init__(self, path: str | None = None, uri: str | None = None, **options: Any) -> None:
         if uri is None:
             uri = "wss://localhost/" if options.get("ssl") else "ws://localhost/"
+        if isinstance(options.get("proxy"), str):
+            raise ValueError("unix_connect() does not go through a proxy; remove proxy=")
         super().__init__(uri, **options)
         self._path = path
 
-    async def _create_connection(self) -> ClientConnection:
+    async def _create_connection(
+        self, wsuri: WebSocketURI, same_origin: bool = True
+    ) -> ClientConnection:
         loop = asyncio.get_running_loop()
         kwargs = dict(self._kwargs)
-        if self.wsuri.secure:
+        if wsuri.secure:
             kwargs["ssl"] = True if self.ssl is None else self.ssl
-            kwargs.setdefault("server_hostname", self.server_hostname or self.wsuri.host)
-        _, conn = await loop.create_unix_connection(self._factory, self._path, **kwargs)
+            kwargs.setdefault("server_hostname", self.server_hostname or wsuri.host)
+        factory = functools.partial(self._factory, wsuri, same_origin)
+        _, conn = await loop.create_unix_connection(factory, self._path, **kwargs)
         return conn
+
+    def _cannot_follow(self, old: WebSocketURI, new: WebSocketURI) -> str | None:
+        if (old.secure, old.host, old.port) != (new.secure, new.host, new.port):
+            return "unix_connect() follows redirects to the same host only"
+        return super()._cannot_follow(old, new)
+
+
+class _TunnelProtocol(asyncio.Protocol):
+    """The HTTP CONNECT exchange with a proxy; the connection's protocol replaces it."""
+
+    def __init__(self, handshake: ConnectHandshake, loop: asyncio.AbstractEventLoop) -> None:
+        self.handshake = handshake
+        self.waiter: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.BaseTransport | None = None
+        #: bytes received after the 2xx, before the connection took over
+        self.unexpected = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: don't check the type.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.write(self.handshake.send_request())
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter.done():
+            self.unexpected += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            if self.handshake.receive_data(data):
+                self.waiter.set_result(None)
+        except InvalidProxy as exc:
+            self.waiter.set_exception(exc)
+            assert self.transport is not None
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        if not self.waiter.done():
+            self._feed(b"")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.waiter.done():
+            error = InvalidProxy(
+                f"connection to proxy {self.handshake.proxy.url} lost during CONNECT"
+            )
+            error.__cause__ = exc or EOFError("end of stream")
+            self.waiter.set_exception(error)
+
+
+#: python-socks' own time limit (it defaults to 60 s); ``open_timeout`` bounds it.
+_SOCKS_TIMEOUT = 365 * 24 * 3600.0
+
+
+async def _socks_connect(proxy: Proxy, wsuri: WebSocketURI, kwargs: dict[str, Any]
+                         ) -> socket.socket:
+    """A socket connected to the server through a SOCKS proxy (python-socks)."""
+    try:
+        from python_socks import ProxyConnectionError, ProxyError, ProxyType
+        from python_socks.async_.asyncio import Proxy as SocksProxy
+    except ImportError:
+        raise InvalidProxy(
+            f"{proxy.url} is a SOCKS proxy, which needs python-socks: {SOCKS_INSTALL_HINT}"
+        ) from None
+    unsupported = sorted(set(kwargs) - {"local_addr"})
+    if unsupported:
+        raise TypeError(f"with a SOCKS proxy, connect() takes local_addr but not "
+                        f"{', '.join(unsupported)}")
+    kind, rdns = socks_settings(proxy)
+    client = SocksProxy(ProxyType[kind], proxy.host, proxy.port, proxy.username,
+                        proxy.password, rdns=rdns, loop=asyncio.get_running_loop())
+    try:
+        return await client.connect(wsuri.host, wsuri.port, timeout=_SOCKS_TIMEOUT,
+                                    local_addr=kwargs.get("local_addr"))
+    except ProxyError as exc:
+        raise socks_error(proxy, wsuri.host, wsuri.port, exc) from exc
+    except ProxyConnectionError as exc:
+        raise OSError(exc.errno, exc.strerror) from exc
 
 
 class _timeout:

@@ -1,13 +1,21 @@
 """The threading WebSocket client: :func:`connect` and :func:`unix_connect`.
 
 Opening is blocking and bounded as a whole by ``open_timeout``: the TCP (or Unix)
-connection, the TLS handshake, then the HTTP upgrade, each with the socket's timeout
-set to what is left. The URI is parsed by :func:`tether.uri.parse_uri`, so
-both layers accept and refuse the same URIs.
+connection, straight to the server or through a proxy (an HTTP CONNECT tunnel, with TLS
+to the proxy for ``https://`` proxies; SOCKS through python-socks), the TLS handshake
+with the server, then the HTTP upgrade, each with the socket's timeout set to what is
+left; a redirect starts again at the new URI (:class:`tether.proxy.RedirectChain`).
+The URI is parsed by :func:`tether.uri.parse_uri` and proxies and redirects are
+decided by :mod:`tether.proxy`, so both layers accept and refuse the same things.
+
+TLS inside TLS (``wss://`` through an ``https://`` proxy) stacks two
+:class:`ssl.SSLObject`: :class:`_TLSInTLSTransport` sends its records through the
+proxy's :class:`~tether.sync.connection._TLSTransport` instead of the socket.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import ssl as ssl_module
@@ -15,14 +23,31 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..exceptions import InvalidProxy, InvalidStatus
 from ..protocol.connection import Side
 from ..protocol.deflate import Deflate, client_accept, client_offer, compression_settings
 from ..protocol.handshake import ClientHandshake
-from ..protocol.http import Headers, HeadersLike
-from ..uri import WebSocketURI, auth_headers, parse_uri
-from .connection import Connection, _remaining
+from ..protocol.http import HeadersLike
+from ..proxy import (
+    MAX_REDIRECTS,
+    SOCKS_INSTALL_HINT,
+    ConnectHandshake,
+    Proxy,
+    ProxyOption,
+    RedirectChain,
+    check_proxy_option,
+    redact,
+    request_headers,
+    select_proxy,
+    socks_error,
+    socks_settings,
+)
+from ..uri import WebSocketURI, parse_uri
+from .connection import RECV_SIZE, TLS_CHUNK, Connection, _remaining, _TLSTransport, _Transport
 
 __all__ = ["ClientConnection", "connect", "unix_connect"]
+
+_logger = logging.getLogger("tether.client")
 
 
 class ClientConnection(Connection):
@@ -36,6 +61,10 @@ class ClientConnection(Connection):
         self._handshake = handshake
         self._compression = compression
         self.request = handshake.request
+
+    def _use_transport(self, transport: _Transport) -> None:
+        """Speak through ``transport`` (a proxy's TLS tunnel) instead of the socket."""
+        self._transport = transport
 
     def _open_handshake(self, deadline: float | None) -> None:
         """Send the upgrade request, read and check the response, open the protocol."""
@@ -56,6 +85,106 @@ class ClientConnection(Connection):
         self._open_protocol(handshake.trailing_data, codec)
 
 
+# ------------------------------------------------------------------ TLS through a proxy
+
+
+class _TunnelTransport(_Transport):
+    """A ``ws://`` connection through the TLS connection to an ``https://`` proxy.
+
+    Not a :class:`_TLSTransport`, so that ``ssl_object`` stays ``None``: the TLS is the
+    proxy's, not the server's.
+    """
+
+    tls = True  # reads may make TLS records to write: the connection flushes them
+
+    def __init__(self, inner: _TLSTransport) -> None:
+        super().__init__(inner.sock)
+        self._inner = inner
+
+    def recv(self) -> bytes:
+        return self._inner.recv()
+
+    def send(self, data: bytes) -> None:
+        self._inner.send(data)
+
+    def has_output(self) -> bool:
+        return self._inner.has_output()
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def shutdown_write(self) -> None:
+        self._inner.shutdown_write()
+
+
+class _TLSInTLSTransport(_TLSTransport):
+    """TLS with the server inside the TLS connection to an ``https://`` proxy: the
+    records go through ``inner`` rather than straight to the socket."""
+
+    def __init__(self, inner: _TLSTransport, context: ssl_module.SSLContext,
+                 server_hostname: str | None) -> None:
+        super().__init__(inner.sock, context, server_side=False, server_hostname=server_hostname)
+        self._inner = inner
+
+    def handshake(self, deadline: float | None) -> None:
+        while not self._handshake_step():
+            self.sock.settimeout(_remaining(deadline))
+            self.flush()
+            self._feed(self._inner.recv())
+        self.sock.settimeout(_remaining(deadline))
+        self.flush()
+
+    def recv(self) -> bytes:
+        while True:
+            with self._lock:
+                try:
+                    return self.ssl_object.read(RECV_SIZE)
+                except ssl_module.SSLWantReadError:
+                    pass
+                except (ssl_module.SSLZeroReturnError, ssl_module.SSLEOFError):
+                    return b""
+            self._feed(self._inner.recv())
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), TLS_CHUNK):
+            with self._lock:
+                self.ssl_object.write(view[start : start + TLS_CHUNK])
+                records = self._outgoing.read()
+            self._inner.send(records)
+
+    def has_output(self) -> bool:
+        with self._lock:
+            pending = self._outgoing.pending > 0
+        return pending or self._inner.has_output()
+
+    def flush(self) -> None:
+        with self._lock:
+            records = self._outgoing.read()
+        if records:
+            self._inner.send(records)
+        self._inner.flush()
+
+    def shutdown_write(self) -> None:
+        with self._lock:
+            try:
+                self.ssl_object.unwrap()
+            except ssl_module.SSLError:
+                pass  # SSLWantReadError: the peer's close_notify has not come yet
+            records = self._outgoing.read()
+        if records:
+            self._inner.send(records)
+        self._inner.shutdown_write()
+
+
+# ------------------------------------------------------------------------------ opening
+
+#: What an opener returns: the socket, and the transport to use instead of it (the
+#: TLS connection to an ``https://`` proxy), if any.
+_Stream = tuple[socket.socket, "_TLSTransport | None"]
+_Opener = Callable[[WebSocketURI, "float | None"], _Stream]
+
+
 def connect(
     uri: str,
     *,
@@ -74,6 +203,9 @@ def connect(
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ssl: ssl_module.SSLContext | bool | None = None,
     server_hostname: str | None = None,
+    proxy: ProxyOption = True,
+    proxy_ssl: ssl_module.SSLContext | None = None,
+    max_redirects: int | None = MAX_REDIRECTS,
     sock: socket.socket | None = None,
     **kwargs: Any,
 ) -> ClientConnection:
@@ -82,30 +214,49 @@ def connect(
     ``with connect(uri) as ws:`` closes it on leaving the block. ``wss://`` verifies
     the server's certificate with the system's CAs unless ``ssl`` is an
     :class:`ssl.SSLContext` of your own; ``server_hostname`` overrides the name checked.
-    ``sock`` is a socket already connected to the server. Other keyword arguments are
-    passed to :func:`socket.create_connection` (``source_address``...). Options: as for
-    :func:`tether.connect`. Raises :class:`TimeoutError` when opening takes longer
-    than ``open_timeout``, :class:`OSError` when the server can't be reached, and
-    :class:`~tether.InvalidHandshake` (:class:`~tether.InvalidStatus`...) when it
-    refuses the upgrade.
+    ``proxy`` is a proxy URL (``http://``, ``https://``, ``socks5://``, ``socks5h://``,
+    ``socks4://``, ``socks4a://``), ``True`` for the environment's (``https_proxy``,
+    ``http_proxy``, ``all_proxy``, ``no_proxy``) or ``None`` for none; ``proxy_ssl`` is
+    the :class:`ssl.SSLContext` for TLS to an ``https://`` proxy. Redirects (301, 302,
+    303, 307, 308) are followed, at most ``max_redirects`` (``None``: no limit).
+    ``sock`` is a socket already connected to the server (no proxy, no redirects).
+    Other keyword arguments are passed to :func:`socket.create_connection`
+    (``source_address``...). Options: as for :func:`tether.connect`. Raises
+    :class:`TimeoutError` when opening takes longer than ``open_timeout``,
+    :class:`OSError` when the server can't be reached, :class:`~tether.InvalidProxy`
+    when the proxy can't be used, and :class:`~tether.InvalidHandshake`
+    (:class:`~tether.InvalidStatus`...) when the server refuses the upgrade.
     """
     wsuri = parse_uri(uri)
+    proxy = check_proxy_option(proxy)
+    if sock is not None:
+        if kwargs:
+            raise TypeError(f"unexpected arguments with sock=: {', '.join(kwargs)}")
+        if isinstance(proxy, str):
+            raise ValueError("proxy= and sock= cannot be used together: sock is already "
+                             "connected")
     deadline = None if open_timeout is None else time.monotonic() + open_timeout
+    given = [sock]  # used once: a redirect can't reuse it
 
-    def open_socket() -> socket.socket:
-        if sock is not None:
-            if kwargs:
-                raise TypeError(f"unexpected arguments with sock=: {', '.join(kwargs)}")
-            return sock
-        return socket.create_connection(
-            (wsuri.host, wsuri.port), timeout=_remaining(deadline), **kwargs
-        )
+    def open_stream(target: WebSocketURI, deadline: float | None) -> _Stream:
+        first = given.pop() if given else None
+        if first is not None:
+            return first, None
+        chosen = select_proxy(target, proxy)
+        if chosen is None:
+            return socket.create_connection(
+                (target.host, target.port), timeout=_remaining(deadline), **kwargs
+            ), None
+        return _open_through_proxy(chosen, target, deadline, proxy_ssl, user_agent_header,
+                                   kwargs)
 
-    return _connect(
-        open_socket, wsuri, deadline, open_timeout=open_timeout, ssl=ssl,
+    return _open(
+        open_stream, uri, wsuri, deadline, open_timeout=open_timeout, ssl=ssl,
         server_hostname=server_hostname, origin=origin, subprotocols=subprotocols,
         additional_headers=additional_headers, user_agent_header=user_agent_header,
-        compression=compression,
+        compression=compression, max_redirects=max_redirects,
+        cannot_follow=(lambda old, new: "connect() was given sock=, which cannot be used "
+                       "again") if sock is not None else None,
         options={
             "max_size": max_size,
             "max_queue": max_queue,
@@ -118,17 +269,33 @@ def connect(
     )
 
 
+#: Options of :func:`connect` that :func:`_open` takes by name...
+_OPEN_OPTIONS = ("ssl", "server_hostname", "origin", "subprotocols", "additional_headers",
+                 "user_agent_header", "compression", "max_redirects")
+#: ... and those that go to the :class:`ClientConnection`.
+_CONNECTION_OPTIONS = frozenset({"max_size", "max_queue", "write_limit", "ping_interval",
+                                 "ping_timeout", "close_timeout", "logger"})
+
+
 def unix_connect(path: str | None = None, uri: str | None = None, **options: Any
                  ) -> ClientConnection:
     """:func:`connect` over the Unix socket at ``path``; ``uri`` defaults to
-    ``ws://localhost/`` (``wss://localhost/`` with ``ssl``)."""
+    ``ws://localhost/`` (``wss://localhost/`` with ``ssl``). No proxy is used; a
+    redirect is followed only to another path on the same host."""
     if uri is None:
         uri = "wss://localhost/" if options.get("ssl") else "ws://localhost/"
-    if options.get("sock") is None:
-        if path is None:
-            raise ValueError("unix_connect needs a path or a sock")
-        open_timeout = options.get("open_timeout", 10)
-        deadline = None if open_timeout is None else time.monotonic() + open_timeout
+    if isinstance(options.get("proxy"), str):
+        raise ValueError("unix_connect() does not go through a proxy; remove proxy=")
+    if options.get("sock") is not None:
+        return connect(uri, **{**options, "proxy": None})
+    if path is None:
+        raise ValueError("unix_connect needs a path or a sock")
+    wsuri = parse_uri(uri)
+    defaults = inspect.signature(connect).parameters
+    open_timeout = options.pop("open_timeout", defaults["open_timeout"].default)
+    deadline = None if open_timeout is None else time.monotonic() + open_timeout
+
+    def open_stream(target: WebSocketURI, deadline: float | None) -> _Stream:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(_remaining(deadline))
@@ -136,12 +303,26 @@ def unix_connect(path: str | None = None, uri: str | None = None, **options: Any
         except BaseException:
             sock.close()
             raise
-        options["sock"] = sock
-    return connect(uri, **options)
+        return sock, None
+
+    def cannot_follow(old: WebSocketURI, new: WebSocketURI) -> str | None:
+        if (old.secure, old.host, old.port) != (new.secure, new.host, new.port):
+            return "unix_connect() follows redirects to the same host only"
+        return None
+
+    settings = {name: options.pop(name, defaults[name].default) for name in _OPEN_OPTIONS}
+    options.pop("proxy", None)
+    options.pop("proxy_ssl", None)
+    unknown = sorted(set(options) - _CONNECTION_OPTIONS)
+    if unknown:
+        raise TypeError(f"unix_connect() got unexpected arguments: {', '.join(unknown)}")
+    return _open(open_stream, uri, wsuri, deadline, open_timeout=open_timeout,
+                 cannot_follow=cannot_follow, options=options, **settings)
 
 
-def _connect(
-    open_socket: Callable[[], socket.socket],
+def _open(
+    open_stream: _Opener,
+    uri: str,
     wsuri: WebSocketURI,
     deadline: float | None,
     *,
@@ -153,35 +334,85 @@ def _connect(
     additional_headers: HeadersLike | None,
     user_agent_header: str | None,
     compression: str | Deflate | None,
+    max_redirects: int | None,
+    cannot_follow: Callable[[WebSocketURI, WebSocketURI], str | None] | None,
     options: dict[str, Any],
 ) -> ClientConnection:
+    """Open, following redirects: each hop is a new connection, all within ``deadline``."""
     if ssl is not None and ssl is not False and not wsuri.secure:
         raise ValueError("ssl= was given for a ws:// URI; use wss:// for TLS")
     settings = compression_settings(compression)
-    headers = list(auth_headers(wsuri))
-    if additional_headers is not None:
-        headers.extend(Headers(additional_headers).raw_items())
-    handshake = ClientHandshake(
-        wsuri.host_header,
-        wsuri.path,
-        origin=origin,
-        subprotocols=subprotocols,
-        extensions_offer=client_offer(settings) if settings is not None else None,
-        additional_headers=headers or None,
-        user_agent_header=user_agent_header,
-    )
+    chain = RedirectChain(uri, max_redirects)
+    logger = options.get("logger") or _logger
+    first = wsuri
+    while True:
+        headers = request_headers(wsuri, additional_headers, same_origin=chain.same_origin)
+        handshake = ClientHandshake(
+            wsuri.host_header,
+            wsuri.path,
+            origin=origin,
+            subprotocols=subprotocols,
+            extensions_offer=client_offer(settings) if settings is not None else None,
+            additional_headers=headers or None,
+            user_agent_header=user_agent_header,
+        )
+        # server_hostname overrides the name checked for the URI's host only.
+        hostname = server_hostname if server_hostname is not None and (
+            wsuri.host == first.host) else wsuri.host
+        try:
+            return _connect(open_stream, wsuri, deadline, handshake, settings,
+                            open_timeout=open_timeout, ssl=ssl, server_hostname=hostname,
+                            options=options)
+        except InvalidStatus as exc:
+            previous = chain.uri
+            new_uri = chain.follow(exc.response)
+            if new_uri is None:
+                raise
+            new = parse_uri(new_uri)
+            reason = cannot_follow(wsuri, new) if cannot_follow is not None else None
+            if reason is not None:
+                raise chain.error(
+                    exc.response, f"cannot follow the redirect from {redact(previous)} to "
+                    f"{redact(new_uri)}: {reason}"
+                ) from None
+            logger.info("%s redirected to %s (HTTP %d %s)", redact(previous),
+                        redact(new_uri), exc.response.status, exc.response.reason)
+            wsuri = new
+
+
+def _connect(
+    open_stream: _Opener,
+    wsuri: WebSocketURI,
+    deadline: float | None,
+    handshake: ClientHandshake,
+    settings: Deflate | None,
+    *,
+    open_timeout: float | None,
+    ssl: ssl_module.SSLContext | bool | None,
+    server_hostname: str,
+    options: dict[str, Any],
+) -> ClientConnection:
+    """One connection: TCP (through a proxy, maybe), TLS for wss://, the handshake."""
     sock: socket.socket | None = None
+    tunnel: _TLSTransport | None = None
     try:
-        sock = open_socket()
+        sock, tunnel = open_stream(wsuri, deadline)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = ClientConnection(sock, handshake, settings, **options)
-        if wsuri.secure and ssl is not False:
-            context = ssl if isinstance(ssl, ssl_module.SSLContext) else (
-                ssl_module.create_default_context()
+        tls = wsuri.secure and ssl is not False
+        context = ssl if isinstance(ssl, ssl_module.SSLContext) else None
+        if tunnel is None and tls:
+            conn._start_tls(context or ssl_module.create_default_context(), server_side=False,
+                            server_hostname=server_hostname, deadline=deadline)
+        elif tunnel is not None and tls:
+            transport = _TLSInTLSTransport(
+                tunnel, context or ssl_module.create_default_context(), server_hostname
             )
-            conn._start_tls(context, server_side=False,
-                            server_hostname=server_hostname or wsuri.host, deadline=deadline)
+            conn._use_transport(transport)
+            transport.handshake(deadline)
+        elif tunnel is not None:
+            conn._use_transport(_TunnelTransport(tunnel))
         conn._open_handshake(deadline)
     except TimeoutError as exc:
         if sock is not None:
@@ -192,3 +423,79 @@ def _connect(
             sock.close()
         raise
     return conn
+
+
+# ------------------------------------------------------------------------------ proxies
+
+#: Arguments of :func:`socket.create_connection` that also apply to a SOCKS proxy.
+_SOCKS_KWARGS = frozenset({"source_address"})
+#: python-socks' own time limit without ``open_timeout`` (it defaults to 60 s).
+_NO_TIMEOUT = 365 * 24 * 3600.0
+
+
+def _open_through_proxy(
+    proxy: Proxy,
+    target: WebSocketURI,
+    deadline: float | None,
+    proxy_ssl: ssl_module.SSLContext | None,
+    user_agent_header: str | None,
+    kwargs: dict[str, Any],
+) -> _Stream:
+    """A socket connected to ``target`` through ``proxy`` (and the proxy's TLS)."""
+    _logger.debug("connecting to %s:%d through proxy %s", target.host, target.port,
+                  proxy.url)
+    if not proxy.is_http:
+        return _socks_connect(proxy, target, deadline, kwargs), None
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=_remaining(deadline),
+                                    **kwargs)
+    try:
+        transport: _Transport = _Transport(sock)
+        tunnel: _TLSTransport | None = None
+        if proxy.tls:
+            tunnel = _TLSTransport(sock, proxy_ssl or ssl_module.create_default_context(),
+                                   server_side=False, server_hostname=proxy.host)
+            tunnel.handshake(deadline)
+            transport = tunnel
+        handshake = ConnectHandshake(proxy, target.host, target.port,
+                                     user_agent_header=user_agent_header)
+        sock.settimeout(_remaining(deadline))
+        transport.send(handshake.send_request())
+        while True:
+            sock.settimeout(_remaining(deadline))
+            # b"" at EOF raises InvalidProxy.
+            if handshake.receive_data(transport.recv()):
+                break
+        handshake.check_no_trailing_data()
+    except BaseException:
+        sock.close()
+        raise
+    return sock, tunnel
+
+
+def _socks_connect(proxy: Proxy, target: WebSocketURI, deadline: float | None,
+                   kwargs: dict[str, Any]) -> socket.socket:
+    try:
+        from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
+        from python_socks.sync import Proxy as SocksProxy
+    except ImportError:
+        raise InvalidProxy(
+            f"{proxy.url} is a SOCKS proxy, which needs python-socks: {SOCKS_INSTALL_HINT}"
+        ) from None
+    unsupported = sorted(set(kwargs) - _SOCKS_KWARGS)
+    if unsupported:
+        raise TypeError(f"with a SOCKS proxy, connect() takes source_address but not "
+                        f"{', '.join(unsupported)}")
+    kind, rdns = socks_settings(proxy)
+    client = SocksProxy(ProxyType[kind], proxy.host, proxy.port, proxy.username,
+                        proxy.password, rdns=rdns)
+    left = _remaining(deadline)
+    try:
+        return client.connect(target.host, target.port,
+                              timeout=_NO_TIMEOUT if left is None else left,
+                              local_addr=kwargs.get("source_address"))
+    except ProxyError as exc:
+        raise socks_error(proxy, target.host, target.port, exc) from exc
+    except ProxyTimeoutError as exc:
+        raise TimeoutError(str(exc)) from exc
+    except ProxyConnectionError as exc:
+        raise OSError(exc.errno, exc.strerror) from exc
