@@ -193,7 +193,7 @@ class connect:
         self.subprotocols = subprotocols
         self.additional_headers = additional_headers
         self.user_agent_header = user_agent_header
-        self.compression = compression_settings(compression)
+        self.compression = compression_settings(compression, client=True)
         self.open_timeout = open_timeout
         self.logger = logger or logging.getLogger("tether.client")
         self.backoff_initial = backoff_initial

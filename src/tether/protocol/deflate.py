@@ -398,15 +398,21 @@ def client_accept(values: list[str], settings: Deflate | None) -> PerMessageDefl
     )
 
 
-def compression_settings(compression: str | Deflate | None) -> Deflate | None:
+def compression_settings(
+    compression: str | Deflate | None, *, client: bool = False
+) -> Deflate | None:
     """Turn the ``compression`` option into settings: ``"deflate"``, a
-    :class:`Deflate`, or ``None`` (off)."""
+    :class:`Deflate`, or ``None`` (off).
+
+    For a client, ``"deflate"`` makes the offer browsers send,
+    ``permessage-deflate; client_max_window_bits``: the server keeps its own window.
+    """
     if compression is None:
         return None
     if isinstance(compression, Deflate):
         return compression
     if compression == "deflate":
-        return Deflate()
+        return Deflate(server_max_window_bits=15) if client else Deflate()
     raise ValueError(
         f"unsupported compression {compression!r}: use \"deflate\", a tether.Deflate(...) "
         "or None"

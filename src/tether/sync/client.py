@@ -341,7 +341,7 @@ def _open(
     """Open, following redirects: each hop is a new connection, all within ``deadline``."""
     if ssl is not None and ssl is not False and not wsuri.secure:
         raise ValueError("ssl= was given for a ws:// URI; use wss:// for TLS")
-    settings = compression_settings(compression)
+    settings = compression_settings(compression, client=True)
     chain = RedirectChain(uri, max_redirects)
     logger = options.get("logger") or _logger
     first = wsuri
