@@ -2,7 +2,8 @@
 
     python tests/autobahn/run.py [--side server|client|both] [--cases '*']
                                  [--exclude '12.*,13.*'] [--outdir .autobahn]
-                                 [--impl tether|websockets] [--compression none|deflate]
+                                 [--impl tether|websockets] [--layer asyncio|sync]
+                                 [--compression none|deflate]
 
 Server side: starts echo_server.py on a free port and points ``wstest -m fuzzingclient`` at
 it. Client side: starts ``wstest -m fuzzingserver -u 0`` on a free port and runs
@@ -10,6 +11,9 @@ echo_client.py against it. Then every expected case must be in ``index.json`` wi
 ``behavior`` and ``behaviorClose`` both OK or INFORMATIONAL; anything else (NON-STRICT,
 FAILED, UNIMPLEMENTED, missing) is a failure, listed with the case's description, what was
 expected and what was observed. Exit status 0 only if every case of every side passed.
+``--layer sync`` tests the threading layer (``tether.sync``) instead of the asyncio one: its
+reports go to ``.autobahn/sync/`` (unless ``--outdir`` is given), under the agent name
+``tether-sync``.
 
 Install wstest first: ``bash .ci/install-autobahn.sh``. Every subprocess runs in its own
 process group and is killed on exit; every wait is bounded (``--timeout``).
@@ -38,6 +42,7 @@ REPO = HERE.parents[1]
 HOST = "127.0.0.1"
 PASSING = frozenset({"OK", "INFORMATIONAL"})
 SIDES = ("server", "client")
+LAYERS = ("asyncio", "sync")
 DEFAULT_EXCLUDE = ("12.*", "13.*")  # permessage-deflate: ~10 more minutes a side
 DEFAULT_VENV = Path.home() / ".cache" / "tether" / "autobahn-py27"
 STARTUP_TIMEOUT = 60.0  # seconds for a peer or wstest to listen
@@ -313,6 +318,7 @@ class SideReport:
     # Client side: exceptions the echo client's connect/recv/send raised, by case id. wstest
     # judges the wire only; an exception of the wrong kind shows here (not a failure).
     client_errors: dict[str, str] = field(default_factory=dict)
+    layer: str = "asyncio"
 
     @property
     def failures(self) -> list[CaseResult]:
@@ -327,8 +333,8 @@ class SideReport:
         extra = f", harness error: {self.error.splitlines()[0]}" if self.error else ""
         return (
             f"autobahn {self.side}: {len(self.expected)} cases, {n_ok} ok, "
-            f"{len(self.failures)} failed (impl {self.impl}, compression {self.compression}, "
-            f"{self.elapsed:.1f} s){extra}"
+            f"{len(self.failures)} failed (impl {self.impl}, layer {self.layer}, "
+            f"compression {self.compression}, {self.elapsed:.1f} s){extra}"
         )
 
     def failure_table(self, width: int = 100) -> str:
@@ -371,6 +377,7 @@ class SideReport:
         return {
             "side": self.side,
             "impl": self.impl,
+            "layer": self.layer,
             "compression": self.compression,
             "elapsed": round(self.elapsed, 1),
             "error": self.error,
@@ -472,10 +479,11 @@ def read_reports(report: SideReport, report_dir: Path, agent: str) -> None:
 class Options:
     cases: list[str] = field(default_factory=lambda: ["*"])
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
-    outdir: Path = REPO / ".autobahn"
+    outdir: Path | None = None  # None: .autobahn/ (asyncio) or .autobahn/sync/ (sync)
     impl: str = "tether"
     compression: str = "none"
-    agent: str | None = None
+    agent: str | None = None  # None: the impl ("tether"), "-sync" added for the sync layer
+    layer: str = "asyncio"
     timeout: float | None = None  # per side; None: 600 s, or 2400 s with 12.*/13.*
     case_timeout: float = 60.0
     python: str = sys.executable
@@ -488,6 +496,19 @@ class Options:
         compression_cases = any(c.startswith(("12.", "13.")) for c in expected)
         return 2400.0 if compression_cases else 600.0
 
+    def side_dir(self, side: str) -> Path:
+        outdir = self.outdir
+        if outdir is None:
+            outdir = REPO / ".autobahn"
+            if self.layer != "asyncio":
+                outdir /= self.layer
+        return (outdir / side).resolve()
+
+    def agent_name(self) -> str:
+        if self.agent:
+            return self.agent
+        return self.impl if self.layer == "asyncio" else f"{self.impl}-{self.layer}"
+
 
 def _prepare(side: str, opts: Options) -> tuple[Path, Path, list[str], str]:
     wstest = find_wstest(opts.wstest)
@@ -496,11 +517,13 @@ def _prepare(side: str, opts: Options) -> tuple[Path, Path, list[str], str]:
     expected = select_cases(all_case_ids(wstest), opts.cases, opts.exclude)
     if not expected:
         raise HarnessError(f"no case matches cases={opts.cases} exclude={opts.exclude}")
-    side_dir = (opts.outdir / side).resolve()
+    if opts.layer not in LAYERS:
+        raise HarnessError(f"unknown layer {opts.layer!r}: expected one of {', '.join(LAYERS)}")
+    side_dir = opts.side_dir(side)
     reports = side_dir / "reports"
     shutil.rmtree(reports, ignore_errors=True)  # never judge a stale report
     reports.mkdir(parents=True)
-    return wstest, side_dir, expected, opts.agent or opts.impl
+    return wstest, side_dir, expected, opts.agent_name()
 
 
 def _write_spec(path: Path, spec: dict[str, Any]) -> Path:
@@ -512,7 +535,9 @@ def run_server_side(opts: Options) -> SideReport:
     """wstest's fuzzingclient against our echo server."""
     started = time.monotonic()
     wstest, side_dir, expected, agent = _prepare("server", opts)
-    report = SideReport("server", opts.impl, opts.compression, expected, report_dir=side_dir)
+    report = SideReport(
+        "server", opts.impl, opts.compression, expected, report_dir=side_dir, layer=opts.layer
+    )
     deadline = started + opts.side_timeout(expected)
     port = free_port()
     spec = _write_spec(
@@ -527,7 +552,7 @@ def run_server_side(opts: Options) -> SideReport:
     )
     server_argv = [
         opts.python, str(HERE / "echo_server.py"), "--host", HOST, "--port", str(port),
-        "--impl", opts.impl, "--compression", opts.compression,
+        "--impl", opts.impl, "--layer", opts.layer, "--compression", opts.compression,
     ]  # fmt: skip
     with Children() as children:
         try:
@@ -557,7 +582,9 @@ def run_client_side(opts: Options) -> SideReport:
     """Our echo client against wstest's fuzzingserver."""
     started = time.monotonic()
     wstest, side_dir, expected, agent = _prepare("client", opts)
-    report = SideReport("client", opts.impl, opts.compression, expected, report_dir=side_dir)
+    report = SideReport(
+        "client", opts.impl, opts.compression, expected, report_dir=side_dir, layer=opts.layer
+    )
     deadline = started + opts.side_timeout(expected)
     port = free_port()
     spec = _write_spec(
@@ -572,7 +599,8 @@ def run_client_side(opts: Options) -> SideReport:
     )
     client_argv = [
         opts.python, str(HERE / "echo_client.py"), "--uri", f"ws://{HOST}:{port}",
-        "--agent", agent, "--impl", opts.impl, "--compression", opts.compression,
+        "--agent", agent, "--impl", opts.impl, "--layer", opts.layer,
+        "--compression", opts.compression,
         "--case-timeout", str(opts.case_timeout), "--tracebacks",
     ]  # fmt: skip
     with Children() as children:
@@ -655,11 +683,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated case patterns to skip (default '12.*,13.*'; '' runs all)",
     )
     parser.add_argument(
-        "--outdir", type=Path, default=REPO / ".autobahn", help="where specs, logs, reports go"
+        "--outdir",
+        type=Path,
+        help="where specs, logs, reports go (default .autobahn/, .autobahn/sync/ for sync)",
     )
     parser.add_argument("--impl", choices=("tether", "websockets"), default="tether")
+    parser.add_argument(
+        "--layer",
+        choices=LAYERS,
+        default="asyncio",
+        help="the peers' layer: asyncio (default) or sync (tether.sync, threads)",
+    )
     parser.add_argument("--compression", choices=("none", "deflate"), default="none")
-    parser.add_argument("--agent", help="agent name in the reports (default: --impl)")
+    parser.add_argument(
+        "--agent", help="agent name in the reports (default: --impl, '-sync' added for sync)"
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -682,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         impl=args.impl,
         compression=args.compression,
         agent=args.agent,
+        layer=args.layer,
         timeout=args.timeout,
         case_timeout=args.case_timeout,
         python=args.python,
