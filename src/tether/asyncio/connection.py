@@ -33,7 +33,6 @@ from ..protocol.http import Request, Response
 __all__ = ["Connection", "Data"]
 
 Data = str | bytes
-OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
 #: Seconds a failure's close frame waits for the application to read the messages
 #: that arrived before the offending frame (see Protocol._fail).
 FAIL_GRACE = 1.0
@@ -429,25 +428,7 @@ class Connection(asyncio.Protocol):
         """The exception that tells how the connection was closed."""
         if not self._open:
             return ConnectionClosedError(1006, "")
-        protocol = self.protocol
-        rcvd, sent = protocol.close_rcvd, protocol.close_sent
-        code = rcvd.code if rcvd is not None else 1006
-        reason = rcvd.reason if rcvd is not None else ""
-        ok = rcvd is not None and sent is not None and (
-            rcvd.code in OK_CLOSE_CODES and sent.code in OK_CLOSE_CODES
-        )
-        cls = ConnectionClosedOK if ok else ConnectionClosedError
-        exc = cls(
-            code, reason,
-            sent_code=sent.code if sent is not None else None,
-            sent_reason=sent.reason if sent is not None else "",
-            rcvd_then_sent=protocol.close_rcvd_then_sent,
-        )
-        if protocol.exc is not None:
-            exc.__cause__ = protocol.exc
-        elif self._lost_exc is not None:
-            exc.__cause__ = self._lost_exc
-        return exc
+        return self.protocol.closed_exc(self._lost_exc)
 
     # ----------------------------------------------------------------------- sending
 

@@ -26,7 +26,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
+from ..exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+    PayloadTooBig,
+    ProtocolError,
+)
 from .frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -52,6 +59,8 @@ _unpack_u16 = struct.Struct("!H").unpack_from
 _unpack_u64 = struct.Struct("!Q").unpack_from
 _urandom = os.urandom
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+#: Close codes that make a closure normal (ConnectionClosedOK) when both sides used one.
+OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
 
 
 class Side(enum.IntEnum):
@@ -539,6 +548,33 @@ class Protocol:
         self.close_sent = close
         self.state = State.CLOSING
         self._out.append(self._frame(OP_CLOSE, close.serialize(), True))
+
+    def closed_exc(self, lost: BaseException | None = None) -> ConnectionClosed:
+        """The exception that tells the application how the connection ended.
+
+        :class:`ConnectionClosedOK` when close frames with 1000/1001/1005 went both
+        ways, :class:`ConnectionClosedError` otherwise (1006 without a close frame).
+        Its cause is the protocol error that failed the connection, or ``lost``, the
+        driver's error that ended the TCP connection.
+        """
+        rcvd, sent = self.close_rcvd, self.close_sent
+        code = rcvd.code if rcvd is not None else 1006
+        reason = rcvd.reason if rcvd is not None else ""
+        ok = rcvd is not None and sent is not None and (
+            rcvd.code in OK_CLOSE_CODES and sent.code in OK_CLOSE_CODES
+        )
+        cls = ConnectionClosedOK if ok else ConnectionClosedError
+        exc = cls(
+            code, reason,
+            sent_code=sent.code if sent is not None else None,
+            sent_reason=sent.reason if sent is not None else "",
+            rcvd_then_sent=self.close_rcvd_then_sent,
+        )
+        if self.exc is not None:
+            exc.__cause__ = self.exc
+        elif lost is not None:
+            exc.__cause__ = lost
+        return exc
 
     # -------------------------------------------------------------------- sending
 
