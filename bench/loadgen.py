@@ -267,12 +267,16 @@ class Client(asyncio.Protocol):
     payload bytes have come back since the previous one. Pings are answered.
     """
 
-    def __init__(self, request: bytes, frame: bytes, size: int, meter: Meter | None) -> None:
+    def __init__(
+        self, request: bytes, frame: bytes, size: int, meter: Meter | None, inflight: int = 1
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.request = request
         self.frame = frame
         self.size = size
         self.meter = meter
+        self.inflight = inflight  # messages sent ahead of their echoes (pipelining)
+        self.outstanding = 0  # messages sent whose echo has not come back yet
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()  # close frame received
@@ -416,8 +420,10 @@ class Client(asyncio.Protocol):
         if meter is not None and meter.tick():
             assert self.transport is not None
             self.transport.write(self.frame)
-        elif not self.idle.done():
-            self.idle.set_result(None)
+        else:
+            self.outstanding -= 1
+            if self.outstanding <= 0 and not self.idle.done():
+                self.idle.set_result(None)
 
     def fail(self, exc: BenchError) -> None:
         for fut in (self.opened, self.idle):
@@ -432,8 +438,10 @@ class Client(asyncio.Protocol):
     # driving
 
     def send_first(self) -> None:
+        """Put ``inflight`` messages in flight at once."""
         assert self.transport is not None
-        self.transport.write(self.frame)
+        self.outstanding = self.inflight
+        self.transport.write(self.frame * self.inflight)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Closing handshake: wait until idle, send a close frame, await the server's."""
@@ -458,9 +466,14 @@ class DeflateClient(Client):
     """
 
     def __init__(
-        self, request: bytes, frames: list[bytes], start: int, meter: Meter | None
+        self,
+        request: bytes,
+        frames: list[bytes],
+        start: int,
+        meter: Meter | None,
+        inflight: int = 1,
     ) -> None:
-        super().__init__(request, frames[start % len(frames)], 0, meter)
+        super().__init__(request, frames[start % len(frames)], 0, meter, inflight)
         self.frames = frames
         self.next = start % len(frames)
         self.fast_len = -1  # replies are variable-length: always parse
@@ -479,7 +492,8 @@ class DeflateClient(Client):
 
     def send_first(self) -> None:
         assert self.transport is not None
-        self.transport.write(self.take_frame())
+        self.outstanding = self.inflight
+        self.transport.write(b"".join(self.take_frame() for _ in range(self.inflight)))
 
     def take_frame(self) -> bytes:
         frames = self.frames
@@ -497,8 +511,10 @@ class DeflateClient(Client):
         if meter is not None and meter.tick():
             assert self.transport is not None
             self.transport.write(self.take_frame())
-        elif not self.idle.done():
-            self.idle.set_result(None)
+        else:
+            self.outstanding -= 1
+            if self.outstanding <= 0 and not self.idle.done():
+                self.idle.set_result(None)
 
 
 Factory = Callable[[], Client]
@@ -648,8 +664,10 @@ async def run_round_trips(
     duration: float,
     limit: int,
     deflate_bits: int | None = None,
+    inflight: int = 1,
 ) -> Meter:
-    """``connections`` connections, each with one message of ``size`` bytes in flight.
+    """``connections`` connections, each with ``inflight`` messages of ``size`` bytes in
+    flight (sent ahead; each echo that comes back sends the next).
 
     With ``deflate_bits``, permessage-deflate is negotiated and the messages are
     JSON-like text, compressed beforehand with that window.
@@ -659,12 +677,14 @@ async def run_round_trips(
     if deflate_bits is None:
         request = handshake_request(port)
         frame = build_frame(OP_BINARY, make_payload(size))
-        factories = [lambda: Client(request, frame, size, meter)] * connections
+        factories = [lambda: Client(request, frame, size, meter, inflight)] * connections
     else:
         request = handshake_request(port, extensions=DEFLATE_OFFER)
         frames = deflate_frames(size, deflate_bits)
         # each connection starts at another message of the pool
-        factories = [partial(DeflateClient, request, frames, i, meter) for i in range(connections)]
+        factories = [
+            partial(DeflateClient, request, frames, i, meter, inflight) for i in range(connections)
+        ]
     clients: list[Client] = []
     for first in range(0, connections, 10):  # at most 10 handshakes at once
         batch = factories[first : first + 10]
@@ -679,17 +699,25 @@ async def run_round_trips(
     return meter
 
 
-async def run_handshakes(port: int, warmup: float, duration: float, limit: int) -> Meter:
-    """Sequential connections: open (counted), close with a closing handshake, repeat."""
+async def run_handshakes(
+    port: int, warmup: float, duration: float, limit: int, parallel: int = 1
+) -> Meter:
+    """``parallel`` workers, each opening a connection (counted), closing it with a
+    closing handshake, and again, until the meter says stop."""
     request = handshake_request(port)
     meter = Meter(warmup, duration, limit)
+
+    async def worker() -> None:
+        while True:
+            client = await connect(port, lambda: Client(request, b"", 0, None))
+            going_on = meter.tick()
+            await client.close()
+            if not going_on:
+                return
+
     meter.begin()
-    while True:
-        client = await connect(port, lambda: Client(request, b"", 0, None))
-        going_on = meter.tick()
-        await client.close()
-        if not going_on:
-            return meter
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+    return meter
 
 
 async def open_many(
@@ -819,7 +847,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["rt", "handshake", "idle"], default="rt")
     parser.add_argument("--size", type=int, default=16, help="payload bytes (rt, idle)")
     parser.add_argument("--connections", type=int, default=1,
-                        help="concurrent connections (rt, idle)")  # fmt: skip
+                        help="concurrent connections (rt, idle; handshake: parallel "
+                        "workers)")  # fmt: skip
+    parser.add_argument("--inflight", type=int, default=1,
+                        help="messages in flight per connection (rt: pipelining)")  # fmt: skip
     parser.add_argument(
         "--deflate",
         action="store_true",
@@ -844,7 +875,9 @@ def main(argv: list[str] | None = None) -> int:
 
     async def scenario() -> Meter:
         if args.mode == "handshake":
-            work = run_handshakes(args.port, args.warmup, args.duration, args.count)
+            work = run_handshakes(
+                args.port, args.warmup, args.duration, args.count, args.connections
+            )
         else:
             work = run_round_trips(
                 args.port,
@@ -854,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.duration,
                 args.count,
                 deflate_bits,
+                args.inflight,
             )
         return await asyncio.wait_for(work, args.warmup + args.duration + 30)
 

@@ -46,11 +46,25 @@ REPO = BENCH.parent
 SERVERS = BENCH / "servers"
 HOST = loadgen.HOST
 
-LIBS: dict[str, str] = {
-    "tether": "echo_tether.py",
-    "websockets": "echo_websockets.py",
-    "limit": "echo_limit.py",
+
+@dataclass(frozen=True)
+class Lib:
+    script: str  # in bench/servers/
+    module: str  # imported to check it is there and for its location
+    dist: str  # distribution whose version is reported
+    deflate: bool = True  # has permessage-deflate
+
+
+LIBS: dict[str, Lib] = {
+    "tether": Lib("echo_tether.py", "tether", "tether"),
+    "websockets": Lib("echo_websockets.py", "websockets", "websockets"),
+    "aiohttp": Lib("echo_aiohttp.py", "aiohttp", "aiohttp"),
+    # picows' callback core (frames, no permessage-deflate) and its websockets-like API
+    "picows": Lib("echo_picows.py", "picows", "picows", deflate=False),
+    "picows-websockets": Lib("echo_picows_websockets.py", "picows.websockets", "picows"),
+    "limit": Lib("echo_limit.py", "asyncio", "-", deflate=False),
 }
+DEFAULT_LIBS = "tether,websockets,aiohttp,picows,picows-websockets"
 REFERENCE = "websockets"
 LIMIT = "limit"
 SERVER_CPU, LOADGEN_CPU = 0, 1  # with --pin: one core each
@@ -62,7 +76,8 @@ class Scenario:
     title: str
     mode: str  # "rt" (round trips), "handshake" or "memory" (idle connections)
     size: int = 0
-    connections: int = 1
+    connections: int = 1  # handshake mode: workers opening connections in parallel
+    inflight: int = 1  # messages in flight per connection (rt mode)
     count: int = 1_000_000  # count limit of one measurement (the time limit is --duration)
     unit: str = "msg/s"
     deflate: bool = False  # permessage-deflate negotiated (servers with compression on)
@@ -76,10 +91,16 @@ SCENARIOS: list[Scenario] = [
     Scenario("rt1k", "round trip 1 KiB", "rt", size=1024),
     Scenario("rt64k", "round trip 64 KiB", "rt", size=64 * 1024, count=200_000),
     Scenario("rt1m", "round trip 1 MiB", "rt", size=1024 * 1024, count=10_000),
+    Scenario("pipe1k", "pipelined 1 KiB (64 in flight)", "rt", size=1024, inflight=64,
+             count=5_000_000),
+    Scenario("pipe64k", "pipelined 64 KiB (64 in flight)", "rt", size=64 * 1024, inflight=64,
+             count=500_000),
     Scenario("conc100", "100 connections x round trip 16 B", "rt", size=16, connections=100,
              count=5_000_000),
     Scenario("handshake", "handshakes (open + close, sequential)", "handshake",
              count=200_000, unit="handshakes/s"),
+    Scenario("handshake50", "handshakes (open + close, 50 in parallel)", "handshake",
+             connections=50, count=500_000, unit="handshakes/s"),
     Scenario("rt1k-deflate", "deflate: round trip 1 KiB JSON", "rt", size=1024, deflate=True),
     Scenario("rt64k-deflate", "deflate: round trip 64 KiB JSON", "rt", size=64 * 1024,
              count=200_000, deflate=True),
@@ -176,11 +197,12 @@ def lib_version(lib: str) -> str:
     """The library's version, seen from the environment its server will run in."""
     if lib == LIMIT:
         return "-"
+    spec = LIBS[lib]
     code = (
         "import importlib, importlib.metadata as m, os, sys\n"
-        f"mod = importlib.import_module({lib!r})\n"
+        f"mod = importlib.import_module({spec.module!r})\n"
         "try:\n"
-        f"    v = m.version({lib!r})\n"
+        f"    v = m.version({spec.dist!r})\n"
         "except m.PackageNotFoundError:\n"
         "    v = getattr(mod, '__version__', '?')\n"
         "print(v, os.path.dirname(mod.__file__ or ''))\n"
@@ -268,7 +290,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 20.0) -> None:
-        cmd = [sys.executable, str(SERVERS / LIBS[self.lib])]
+        cmd = [sys.executable, str(SERVERS / LIBS[self.lib].script)]
         cmd += ["--port", str(self.port), "--loop", self.loop]
         if self.compression:
             cmd += ["--compression"]
@@ -387,8 +409,9 @@ def servers_running(
 
 
 def applicable(scenario: Scenario, lib: str) -> bool:
-    """Compression does not apply to the limit server (it parses no frame)."""
-    return not (scenario.deflate and lib == LIMIT)
+    """Compression does not apply to the limit server (it parses no frame) nor to
+    servers without permessage-deflate."""
+    return not scenario.deflate or LIBS[lib].deflate
 
 
 # measuring
@@ -398,6 +421,7 @@ def measure(server: ServerProcess, scenario: Scenario, args: argparse.Namespace)
     cmd = [sys.executable, str(BENCH / "loadgen.py"), "--port", str(server.port)]
     cmd += ["--mode", scenario.mode, "--size", str(scenario.size)]
     cmd += ["--connections", str(scenario.connections), "--count", str(scenario.count)]
+    cmd += ["--inflight", str(scenario.inflight)]
     cmd += ["--warmup", str(args.warmup), "--duration", str(args.duration)]
     cmd += ["--loop", args.loadgen_loop]
     if scenario.deflate:
@@ -610,7 +634,7 @@ def run_memory(
     limit's), interleaved over rounds like the other scenarios. A fresh server each time."""
     results = {s.key: {lib: MemResult() for lib in libs} for s in scenarios}
     cases = [(lib, deflate) for lib in libs for deflate in (False, True) if not
-             (deflate and lib == LIMIT)]  # fmt: skip
+             (deflate and not LIBS[lib].deflate)]  # fmt: skip
     total = args.rounds * len(scenarios) * len(cases)
     done = 0
     for round_no in range(args.rounds):
@@ -694,6 +718,26 @@ def markdown_table(
     return "\n".join(rows)
 
 
+def summary_table(
+    scenarios: list[Scenario], results: dict[str, dict[str, Result]], libs: list[str]
+) -> str:
+    """One row per scenario: tether's median over each other server's."""
+    others = [lib for lib in libs if lib != "tether"]
+    rows = [
+        "| scenario | tether | " + " | ".join(f"vs {lib}" for lib in others) + " |",
+        "|---|---:|" + "---:|" * len(others),
+    ]
+    for scenario in scenarios:
+        by_lib = results.get(scenario.key, {})
+        mine = by_lib["tether"].median if "tether" in by_lib else None
+        cells = [scenario.title, fmt_rate(mine, scenario)]
+        for lib in others:
+            value = ratio(by_lib, "tether", lib) if "tether" in by_lib else None
+            cells.append(f"{value:.2f}x" if value is not None else "—")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def memory_table(
     scenarios: list[Scenario], results: dict[str, dict[str, MemResult]], libs: list[str]
 ) -> str:
@@ -710,7 +754,7 @@ def memory_table(
             for case in MEM_CASES:
                 value = median(getattr(result, case))
                 if value is None:
-                    cells.append("—" if lib == LIMIT and case != "plain" else "failed")
+                    cells.append("—" if not LIBS[lib].deflate and case != "plain" else "failed")
                     continue
                 text = f"{value:,.1f} KiB"
                 reference = (
@@ -761,13 +805,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 round of 0.5 s measurements")
     parser.add_argument(
         "--libs",
-        default="tether,websockets",
+        default=DEFAULT_LIBS,
         help=f"comma-separated, from: {', '.join(LIBS)} (default: %(default)s; "
         "limit is added unless --no-limit)",
     )
     parser.add_argument("--no-limit", action="store_true", help="leave the limit row out")
-    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
-                        help="event loop of the servers (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--loop",
+        default=None,
+        help="event loop(s) of the servers, comma-separated: asyncio, uvloop; each loop is "
+        "a separate table (default: asyncio,uvloop if uvloop is installed)",
+    )
     parser.add_argument(
         "--loadgen-loop",
         choices=["asyncio", "uvloop"],
@@ -822,7 +870,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         hasattr(os, "sched_getaffinity") and {SERVER_CPU, LOADGEN_CPU} <= os.sched_getaffinity(0)
     ):
         parser.error(f"--pin needs CPUs {SERVER_CPU} and {LOADGEN_CPU} (and Linux)")
-    for loop in {args.loop, args.loadgen_loop} - {"asyncio"}:
+    if args.loop is None:
+        args.loop = "asyncio,uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    args.loops = list(dict.fromkeys(x.strip() for x in args.loop.split(",") if x.strip()))
+    if bad := [x for x in args.loops if x not in ("asyncio", "uvloop")]:
+        parser.error(f"unknown --loop {bad}; choose from asyncio, uvloop")
+    for loop in {*args.loops, args.loadgen_loop} - {"asyncio"}:
         if importlib.util.find_spec(loop) is None:
             parser.error(f"{loop} is not installed: pip install {loop}")
     return args
@@ -869,16 +922,90 @@ def main(argv: list[str] | None = None) -> int:
 
     timed = [s for s in args.scenario_list if s.mode != "memory"]
     memory = [s for s in args.scenario_list if s.mode == "memory"]
+    runs: list[dict[str, Any]] = []
+    failed = bool(skipped)
+    for loop in args.loops:
+        args.loop = loop  # the servers' loop for this part of the run
+        log(f"== servers on {loop}")
+        run = run_one_loop(libs, timed, memory, args, out_dir, skipped)
+        failed = failed or run["failed"]
+        runs.append(run)
+    args.loop = ",".join(args.loops)
+
+    print(f"\n## tether benchmark — {meta['date']}\n")
+    print(
+        f"{meta['python']} on {meta['platform']}, {meta['cpu']}; servers on "
+        f"{' and '.join(args.loops)} (one table each), load generator on {args.loadgen_loop}; "
+        f"{args.rounds} round(s) of {args.duration} s (+{args.warmup} s warm-up) per figure; "
+        f"revision {meta['revision']}; load average at start "
+        f"{', '.join(str(x) for x in meta['load_average_at_start'])}; "
+        + ", ".join(f"{lib} {versions[lib].split()[0]}" for lib in libs if lib != LIMIT)
+        + ".\n"
+    )
+    for run in runs:
+        loop, results, mem_results = run["loop"], run["results"], run["mem_results"]
+        if timed:
+            print(f"\n### Servers on {loop}: tether's ratio to each peer\n")
+            print(summary_table(timed, results, libs))
+            print(
+                "\nratio of tether's median to the peer's median in this run (> 1: tether "
+                "faster); — where the peer does not apply (no permessage-deflate) or failed."
+            )
+            print(f"\n### Servers on {loop}: every figure\n")
+            print(markdown_table(timed, results, libs))
+            print(
+                "\nmedian over rounds; spread = ±half the range (max - min) / median; "
+                "vs websockets and vs limit = ratio of medians in this run; server CPU = the "
+                "server process's user + system time per message or handshake. deflate rows: "
+                "servers with their default permessage-deflate, the load generator sending "
+                "pre-compressed JSON-like text (client_no_context_takeover); no limit row."
+            )
+        if memory:
+            print(f"\n### Servers on {loop}: memory per idle connection\n")
+            print(memory_table(memory, mem_results, libs))
+            print(
+                "\nincrease of the server process's RSS (VmRSS) per connection, from before "
+                "opening them to when all are open and idle (a fresh server per measurement, "
+                f"median over rounds); deflate: the browsers' offer, then one "
+                f"{MEM_MESSAGE_SIZE} B compressed JSON-like message echoed on each "
+                "connection; (x) = ratio to websockets."
+            )
+        for rs in mem_results.values():
+            for r in rs.values():
+                for error in dict.fromkeys(r.errors):
+                    print(f"\n**memory measurement failed ({loop})**: {error}")
+        if args.profile and timed:
+            log(summarise_profiles(out_dir, run["started"]))
+    for name, why in skipped.items():
+        print(f"\n**{name} not measured**: {why}")
+
+    if args.json:
+        doc = {"meta": meta, "runs": [json_run(run, timed, memory) for run in runs]}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+def run_one_loop(
+    libs: list[str],
+    timed: list[Scenario],
+    memory: list[Scenario],
+    args: argparse.Namespace,
+    out_dir: Path,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    """Every scenario with the servers on ``args.loop``."""
     variants = list(
         dict.fromkeys((lib, s.deflate) for s in timed for lib in libs if applicable(s, lib))
     )
     results: dict[str, dict[str, Result]] = {}
     started: list[str] = []  # names of the server processes of the timed scenarios
+    failed = False
     if timed:
         with servers_running(variants, args, out_dir, skipped) as servers:
             if not servers:
                 log("!! no server started")
-                return 1
+                failed = True
             started = [server.name for server in servers.values()]
             results = run_all(servers, libs, timed, args)
     mem_results: dict[str, dict[str, MemResult]] = {}
@@ -887,101 +1014,70 @@ def main(argv: list[str] | None = None) -> int:
             log("memory scenarios: servers not profiled")
         mem_results = run_memory(libs, memory, args, out_dir)
     failed = (
-        bool(skipped)
+        failed
         or any(r.errors for rs in results.values() for r in rs.values())
         or any(r.errors for rs in mem_results.values() for r in rs.values())
     )
+    return {
+        "loop": args.loop,
+        "results": results,
+        "mem_results": mem_results,
+        "started": started,
+        "failed": failed,
+    }
 
-    print(f"\n## tether benchmark — {meta['date']}\n")
-    print(
-        f"{meta['python']} on {meta['platform']}, {meta['cpu']}; servers on {args.loop}, "
-        f"load generator on {args.loadgen_loop}; {args.rounds} round(s) of "
-        f"{args.duration} s (+{args.warmup} s warm-up) per figure; "
-        f"revision {meta['revision']}; load average at start "
-        f"{', '.join(str(x) for x in meta['load_average_at_start'])}; "
-        + ", ".join(f"{lib} {versions[lib].split()[0]}" for lib in libs if lib != LIMIT)
-        + ".\n"
-    )
-    if timed:
-        print(markdown_table(timed, results, libs))
-        print(
-            "\nmedian over rounds; spread = ±half the range (max - min) / median; "
-            "vs websockets and vs limit = ratio of medians in this run; server CPU = the "
-            "server process's user + system time per message or handshake. deflate rows: "
-            "both servers with their default permessage-deflate, the load generator sending "
-            "pre-compressed JSON-like text (client_no_context_takeover); no limit row."
-        )
-    if memory:
-        print("\n### Server memory per idle connection\n")
-        print(memory_table(memory, mem_results, libs))
-        print(
-            "\nincrease of the server process's RSS (VmRSS) per connection, from before "
-            "opening them to when all are open and idle (a fresh server per measurement, "
-            f"median over rounds); deflate: the browsers' offer, then one {MEM_MESSAGE_SIZE} B "
-            "compressed JSON-like message echoed on each connection; (x) = ratio to "
-            "websockets."
-        )
-    for name, why in skipped.items():
-        print(f"\n**{name} not measured**: {why}")
-    for rs in mem_results.values():
-        for r in rs.values():
-            for error in dict.fromkeys(r.errors):
-                print(f"\n**memory measurement failed**: {error}")
-    if args.profile and timed:
-        log(summarise_profiles(out_dir, started))
 
-    if args.json:
-        doc = {
-            "meta": meta,
-            "scenarios": [
-                {
-                    "key": s.key,
-                    "title": s.title,
-                    "unit": s.unit,
-                    "size": s.size,
-                    "connections": s.connections,
-                    "results": {
-                        lib: {
-                            "samples": r.samples,
-                            "median": r.median,
-                            "min": min(r.samples, default=None),
-                            "max": max(r.samples, default=None),
-                            "spread": r.spread,
-                            "vs_websockets": ratio(results[s.key], lib, REFERENCE),
-                            "vs_limit": ratio(results[s.key], lib, LIMIT),
-                            "server_cpu_us": r.server_cpu_us,
-                            "loadgen_cpu_us": r.loadgen_cpu_us,
-                            "errors": r.errors,
-                        }
-                        for lib, r in results[s.key].items()
-                    },
-                }
-                for s in timed
-            ],
-            "memory": [
-                {
-                    "key": s.key,
-                    "title": s.title,
-                    "connections": s.connections,
-                    "message_size": MEM_MESSAGE_SIZE,
-                    "results": {
-                        lib: {
-                            "kib_per_conn": {case: getattr(r, case) for case in MEM_CASES},
-                            "median_kib_per_conn": {
-                                case: median(getattr(r, case)) for case in MEM_CASES
-                            },
-                            "samples": r.samples,
-                            "errors": r.errors,
-                        }
-                        for lib, r in mem_results[s.key].items()
-                    },
-                }
-                for s in memory
-            ],
-        }
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        log(f"wrote {args.json}")
-    return 1 if failed else 0
+def json_run(run: dict[str, Any], timed: list[Scenario], memory: list[Scenario]) -> Any:
+    results, mem_results = run["results"], run["mem_results"]
+    return {
+        "server_loop": run["loop"],
+        "scenarios": [
+            {
+                "key": s.key,
+                "title": s.title,
+                "unit": s.unit,
+                "size": s.size,
+                "connections": s.connections,
+                "inflight": s.inflight,
+                "results": {
+                    lib: {
+                        "samples": r.samples,
+                        "median": r.median,
+                        "min": min(r.samples, default=None),
+                        "max": max(r.samples, default=None),
+                        "spread": r.spread,
+                        "vs_websockets": ratio(results[s.key], lib, REFERENCE),
+                        "vs_limit": ratio(results[s.key], lib, LIMIT),
+                        "server_cpu_us": r.server_cpu_us,
+                        "loadgen_cpu_us": r.loadgen_cpu_us,
+                        "errors": r.errors,
+                    }
+                    for lib, r in results.get(s.key, {}).items()
+                },
+            }
+            for s in timed
+        ],
+        "memory": [
+            {
+                "key": s.key,
+                "title": s.title,
+                "connections": s.connections,
+                "message_size": MEM_MESSAGE_SIZE,
+                "results": {
+                    lib: {
+                        "kib_per_conn": {case: getattr(r, case) for case in MEM_CASES},
+                        "median_kib_per_conn": {
+                            case: median(getattr(r, case)) for case in MEM_CASES
+                        },
+                        "samples": r.samples,
+                        "errors": r.errors,
+                    }
+                    for lib, r in mem_results[s.key].items()
+                },
+            }
+            for s in memory
+        ],
+    }
 
 
 def summarise_profiles(out_dir: Path, names: list[str]) -> str:
