@@ -355,3 +355,44 @@ def test_mask_implementations_agree_with_naive(impl: Any, size: int) -> None:
     assert impl(data, mask) == expected
     assert impl(bytearray(data), mask) == expected
     assert impl(memoryview(data), mask) == expected
+
+
+def _unmask_join_impls() -> list[object]:
+    from tether.protocol import frames as _frames
+
+    impls: list[object] = [pytest.param(_frames.unmask_join_py, id="python")]
+    try:
+        from tether import _speedups
+    except ImportError:
+        impls.append(pytest.param(None, id="c", marks=pytest.mark.skip("C speedups not built")))
+    else:
+        impls.append(pytest.param(_speedups.unmask_join, id="c"))
+    return impls
+
+
+@pytest.mark.parametrize("impl", _unmask_join_impls())
+@pytest.mark.parametrize(
+    "sizes", [[], [0], [1], [3, 5, 7], [100, 1, 2, 3, 1000], [8, 8], [13, 0, 17], [65537, 3]]
+)
+def test_unmask_join_is_join_then_mask(impl: Any, sizes: list[int]) -> None:
+    # The mask's phase runs on across parts of any length, aligned or not.
+    parts = [bytes((i * 11 + n) % 256 for i in range(n)) for n in sizes]
+    mask = b"\x12\xab\xff\x00"
+    joined = b"".join(parts)
+    expected = bytes(b ^ mask[i % 4] for i, b in enumerate(joined))
+    assert impl(parts, mask) == expected
+    assert impl([memoryview(p) for p in parts], mask) == expected
+    assert impl(tuple(bytearray(p) for p in parts), mask) == expected
+
+
+def test_unmask_join_rejects_bad_arguments() -> None:
+    try:
+        from tether import _speedups
+    except ImportError:
+        pytest.skip("C speedups not built")
+    with pytest.raises(ValueError, match="4 bytes"):
+        _speedups.unmask_join([b"abc"], b"\x00")
+    with pytest.raises(TypeError):
+        _speedups.unmask_join([b"abc", "text"], b"\x00\x00\x00\x00")
+    with pytest.raises(TypeError):
+        _speedups.unmask_join(42, b"\x00\x00\x00\x00")  # type: ignore[arg-type]

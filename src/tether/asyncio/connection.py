@@ -448,9 +448,11 @@ class Connection(asyncio.Protocol):
         if not self._open or self.protocol.state is not State.OPEN:
             await self._raise_closed()
         if isinstance(message, (str, bytes, bytearray, memoryview)):
-            data = self.protocol.send_message(message)
+            head, tail = self.protocol.send_message_parts(message)
             assert self.transport is not None
-            self.transport.write(data)
+            self.transport.write(head)
+            if tail:
+                self.transport.write(tail)
             if self._paused_writing:
                 await self._drain()
             return

@@ -44,6 +44,7 @@ from .frames import (
     Close,
     apply_mask,
     build_header,
+    unmask_join,
 )
 
 __all__ = [
@@ -58,6 +59,11 @@ __all__ = [
 _unpack_u16 = struct.Struct("!H").unpack_from
 _unpack_u64 = struct.Struct("!Q").unpack_from
 _urandom = os.urandom
+MASK_POOL = 256  # bytes of os.urandom drawn at a time for client masks (64 masks)
+LARGE_PAYLOAD = 256 * 1024
+"""Payloads from this size on are returned apart from their frame header by
+:meth:`Protocol.send_message_parts` (a server's, uncompressed): joining them would copy
+more than an extra write costs."""
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 #: Close codes that make a closure normal (ConnectionClosedOK) when both sides used one.
 OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
@@ -140,7 +146,10 @@ class Protocol:
         "_frame_fin",
         "_frame_left",
         "_frame_mask",
+        "_frame_raw",
         "_mask_out",
+        "_mask_pool",
+        "_mask_pos",
         "_masked_in",
         "_msg_compressed",
         "_msg_opcode",
@@ -178,8 +187,11 @@ class Protocol:
         self._codec = codec
         # RFC 6455 5.1: a client masks all frames it sends, a server none.
         self._mask_out = side is Side.CLIENT
+        # Client masks are drawn from os.urandom in batches (one system call per 64).
+        self._mask_pool = b""
+        self._mask_pos = MASK_POOL
         self._masked_in = side is Side.SERVER
-        self._buf = bytearray()
+        self._buf = b""  # an incomplete frame header or control frame
         self._out: list[bytes] = []
         #: messages received, in order: ``str`` for text, ``bytes`` for binary. The
         #: driver pops them from the left; the core only appends.
@@ -206,6 +218,9 @@ class Protocol:
         self._frame_left = 0
         self._frame_mask: bytes | None = None
         self._frame_fin = False
+        # The frame is a whole binary message: its chunks are kept as received and
+        # unmasked and joined in one pass at the end.
+        self._frame_raw = False
         # Opcode of the fragmented message being sent (0 if none).
         self._send_opcode = 0
 
@@ -219,39 +234,43 @@ class Protocol:
         """
         if self._stopped:
             return
-        buf = self._buf
-        if self._frame_left and not buf:
-            # Middle of a large frame: consume the payload straight from ``data``.
+        if type(data) is not bytes:
+            data = bytes(data)
+        # Frames are parsed straight out of ``data``: each payload is copied once (and
+        # unmasked in the same pass). Only an incomplete header or control frame is
+        # kept over to the next call (``_buf``, at most 139 bytes); the payload of an
+        # incomplete data frame is consumed as it comes (``_frame_left``).
+        pos = 0
+        end = len(data)
+        if self._frame_left:
             left = self._frame_left
-            if len(data) <= left:
-                self._consume_payload(data if type(data) is bytes else bytes(data))
+            if end <= left:
+                self._consume_payload(data)
                 return
-            self._consume_payload(bytes(data[:left]))
+            self._consume_payload(memoryview(data)[:left])
             if self._stopped:
                 return
-            data = data[left:]
-        buf += data
-        if self._frame_left:
-            self._continue_frame()
-            if self._stopped or self._frame_left:
-                return
-        pos = 0
-        end = len(buf)
+            pos = left
+        elif self._buf:
+            data = self._buf + data
+            end = len(data)
+            self._buf = b""
         masked_in = self._masked_in
+        view: memoryview | None = None
         while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
+            b0 = data[pos]
+            b1 = data[pos + 1]
             length = b1 & 0x7F
             hlen = 2
             if length == 126:
                 if end - pos < 4:
                     break
-                (length,) = _unpack_u16(buf, pos + 2)
+                (length,) = _unpack_u16(data, pos + 2)
                 hlen = 4
             elif length == 127:
                 if end - pos < 10:
                     break
-                (length,) = _unpack_u64(buf, pos + 2)
+                (length,) = _unpack_u64(data, pos + 2)
                 hlen = 10
             if b1 & 0x80:
                 if not masked_in:
@@ -267,37 +286,42 @@ class Protocol:
             if b0 & 0x70 and not self._check_rsv(b0, opcode):
                 return
             fin = b0 & 0x80
+            start = pos + hlen
             if opcode >= 8:
                 if not self._check_control(opcode, fin, length):
                     return
-                if end - pos < hlen + length:
+                if end - start < length:
                     break
-                payload = bytes(buf[pos + hlen : pos + hlen + length])
                 if masked_in:
-                    payload = apply_mask(payload, bytes(buf[pos + hlen - 4 : pos + hlen]))
-                pos += hlen + length
+                    payload = apply_mask(data[start : start + length], data[start - 4 : start])
+                else:
+                    payload = data[start : start + length]
+                pos = start + length
                 if self.tracer is not None:
                     self.tracer("<", opcode, True, length, payload[:64])
                 self._handle_control(opcode, payload)
                 if self._stopped:
-                    break
+                    return
                 continue
             if not self._check_data(opcode, length, bool(b0 & 0x40)):
                 return
-            if end - pos < hlen + length:
-                if end - pos < hlen:
+            if end - start < length:
+                if end < start:
                     break
-                # Incomplete payload: consume what is there, keep the rest of the frame
-                # state, so UTF-8 errors surface now and nothing big is buffered twice.
-                mask = bytes(buf[pos + hlen - 4 : pos + hlen]) if masked_in else None
+                # Incomplete payload: consume what is there and keep the frame's state,
+                # so UTF-8 errors surface now and nothing big is buffered.
+                mask = data[start - 4 : start] if masked_in else None
                 self._start_partial(opcode, bool(fin), bool(b0 & 0x40), length, mask)
-                del buf[: pos + hlen]
-                self._continue_frame()
+                if end > start:
+                    self._consume_payload(memoryview(data)[start:])
                 return
-            payload = bytes(buf[pos + hlen : pos + hlen + length])
             if masked_in:
-                payload = apply_mask(payload, bytes(buf[pos + hlen - 4 : pos + hlen]))
-            pos += hlen + length
+                if view is None:
+                    view = memoryview(data)
+                payload = apply_mask(view[start : start + length], data[start - 4 : start])
+            else:
+                payload = data[start : start + length]
+            pos = start + length
             if self.tracer is not None:
                 self.tracer("<", opcode, bool(fin), length, payload[:64])
             if opcode and fin and not b0 & 0x40:
@@ -307,7 +331,7 @@ class Protocol:
                         self.messages.append(payload.decode("utf-8"))
                     except UnicodeDecodeError as exc:
                         self._fail(1007, f"invalid UTF-8 in text message: {exc.reason}")
-                        break
+                        return
                 else:
                     self.messages.append(payload)
                 continue
@@ -316,18 +340,16 @@ class Protocol:
                 self._msg_compressed = bool(b0 & 0x40)
             self._message_data(payload, bool(fin))
             if self._stopped:
-                break
-        if self._stopped:
-            buf.clear()
-        elif pos:
-            del buf[:pos]
+                return
+        if pos < end:
+            self._buf = data[pos:]
 
     def receive_eof(self) -> None:
         """Signal that the peer closed its side of the TCP connection."""
         self.eof_rcvd = True
         self.state = State.CLOSED
         self._stopped = True
-        self._buf.clear()
+        self._buf = b""
 
     def data_to_send(self) -> list[bytes]:
         """Return and forget the bytes the protocol wants written (pongs, close frames)."""
@@ -408,28 +430,29 @@ class Protocol:
         self._frame_left = length
         self._frame_mask = mask
         self._frame_fin = fin
+        self._frame_raw = opcode == OP_BINARY and fin and not rsv1
         if self.tracer is not None:
             self.tracer("<", opcode, fin, length, b"")
 
-    def _continue_frame(self) -> None:
-        """Consume the buffered part of a data frame whose payload is incomplete."""
-        buf = self._buf
-        n = min(len(buf), self._frame_left)
-        if n == 0:
-            return
-        chunk = bytes(buf[:n])
-        del buf[:n]
-        self._consume_payload(chunk)
-
-    def _consume_payload(self, chunk: bytes) -> None:
+    def _consume_payload(self, chunk: bytes | memoryview) -> None:
         """Unmask and take in the next bytes of the current frame's payload."""
         n = len(chunk)
         mask = self._frame_mask
+        if self._frame_raw:
+            parts: list[bytes | memoryview] = self._msg_parts  # type: ignore[assignment]
+            parts.append(chunk)
+            self._frame_left -= n
+            if not self._frame_left:
+                self._frame_raw = False
+                self._deliver(unmask_join(parts, mask) if mask is not None else b"".join(parts))
+            return
         if mask is not None:
             chunk = apply_mask(chunk, mask)
             r = n & 3
             if r:
                 self._frame_mask = mask[r:] + mask[:r]
+        elif type(chunk) is not bytes:
+            chunk = bytes(chunk)
         self._frame_left -= n
         self._message_data(chunk, self._frame_fin and not self._frame_left)
 
@@ -525,7 +548,7 @@ class Protocol:
         """
         self.exc = PayloadTooBig(reason) if code == 1009 else ProtocolError(reason, code)
         self._stopped = True
-        self._buf.clear()
+        self._buf = b""
         self._msg_parts = []
         self._decoder = None
         if self.close_sent is None and self.state is State.OPEN:
@@ -582,8 +605,13 @@ class Protocol:
         if self.tracer is not None:
             self.tracer(">", opcode, fin, len(payload), payload[:64])
         if self._mask_out:
-            key = _urandom(4)
-            return build_header(opcode, len(payload), fin, rsv1, key) + apply_mask(payload, key)
+            pos = self._mask_pos
+            if pos >= MASK_POOL:
+                self._mask_pool = _urandom(MASK_POOL)
+                pos = 0
+            self._mask_pos = pos + 4
+            key = self._mask_pool[pos : pos + 4]
+            return apply_mask(payload, key, build_header(opcode, len(payload), fin, rsv1, key))
         return build_header(opcode, len(payload), fin, rsv1) + payload
 
     def _check_can_send(self) -> None:
@@ -614,6 +642,36 @@ class Protocol:
             return self._frame(opcode, payload, True)
         # Hot path for servers: header and payload, no copy beyond the concatenation.
         return build_header(opcode, len(payload), True) + payload
+
+    def send_message_parts(
+        self, message: str | bytes | bytearray | memoryview
+    ) -> tuple[bytes, bytes]:
+        """Like :meth:`send_message`, as ``(head, tail)`` to write one after the other.
+
+        For a large (:data:`LARGE_PAYLOAD`) uncompressed message sent unmasked (by a
+        server), ``head`` is the frame header and ``tail`` the payload itself, not
+        copied; otherwise ``head`` is the whole frame and ``tail`` is ``b""``.
+        """
+        if (
+            len(message) >= LARGE_PAYLOAD
+            and not self._mask_out
+            and self.tracer is None
+            and self.state is State.OPEN
+            and not self._send_opcode
+        ):
+            if type(message) is str:
+                opcode = OP_TEXT
+                payload = message.encode("utf-8")
+            elif type(message) is bytes:
+                opcode = OP_BINARY
+                payload = message
+            else:
+                return self.send_message(message), b""
+            codec = self._codec
+            if codec is None or not codec.should_compress(len(payload)):
+                return build_header(opcode, len(payload), True), payload
+            return self._frame(opcode, codec.encode(payload, True), True, True), b""
+        return self.send_message(message), b""
 
     def send_fragment(self, data: str | bytes | bytearray | memoryview, fin: bool) -> bytes:
         """Return a frame for one fragment of a message sent in pieces.

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
 
 from ..exceptions import ProtocolError
 
@@ -31,6 +32,8 @@ __all__ = [
     "build_header",
     "check_close_code",
     "parse_frame",
+    "unmask_join",
+    "unmask_join_py",
 ]
 
 OP_CONT = 0x0
@@ -52,24 +55,50 @@ _pack_h64 = struct.Struct("!BBQ").pack
 _unpack_close = struct.Struct("!H").unpack_from
 
 
-def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3), in pure Python.
+def apply_mask_py(
+    data: bytes | bytearray | memoryview, mask: bytes, prefix: bytes = b"", /
+) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3), in pure Python;
+    return it after ``prefix`` (a frame header: the C twin builds both in one copy).
 
     Works on the whole payload at once through Python's arbitrary-size integers,
     never with a Python-level loop over bytes. The twin of the C version in
     ``tether._speedups``, used when that is not built.
     """
+    if len(mask) != 4:
+        raise ValueError("mask must be 4 bytes long")
     n = len(data)
     if n == 0:
-        return b""
+        return bytes(prefix)
     key = (mask * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    masked = (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
+    return prefix + masked if prefix else masked
 
 
-apply_mask: Callable[[bytes | bytearray | memoryview, bytes], bytes] = apply_mask_py
+def unmask_join_py(parts: Sequence[bytes | bytearray | memoryview], mask: bytes) -> bytes:
+    """Join ``parts`` and XOR the result with ``mask`` as one payload, in pure Python.
+
+    The twin of the C version, which does both in one pass over the data.
+    """
+    return apply_mask_py(b"".join(parts), mask)
+
+
+class _ApplyMask(TypingProtocol):
+    def __call__(
+        self, data: bytes | bytearray | memoryview, mask: bytes, prefix: bytes = b"", /
+    ) -> bytes: ...
+
+
+apply_mask: _ApplyMask = apply_mask_py
+unmask_join: Callable[[Sequence[bytes | bytearray | memoryview], bytes], bytes] = unmask_join_py
 if os.environ.get("TETHER_NO_SPEEDUPS") != "1":
     try:
-        from .._speedups import apply_mask  # type: ignore[no-redef,unused-ignore]
+        from .._speedups import (  # type: ignore[no-redef,unused-ignore]
+            apply_mask,
+            unmask_join,
+        )
     except ImportError:  # not built: no C compiler, or a platform without it
         pass
 
