@@ -293,6 +293,49 @@ class TestSection4_2ServerHandshake:
         with pytest.raises(InvalidHandshake):
             handshake.send_response(response)
 
+    @pytest.mark.parametrize(
+        "extra", [("Content-Length", "5"), ("Transfer-Encoding", "chunked")], ids=["cl", "te"]
+    )
+    def test_request_with_a_body_is_400_and_cannot_switch(self, extra: tuple[str, str]) -> None:
+        handshake, request = server_request(request_bytes(extra=[extra]))
+        response = handshake.accept(request)
+        assert response.status == 400
+        assert b"no body" in response.body
+        with pytest.raises(InvalidHandshake):
+            handshake.send_response(Response(101, Headers({"Upgrade": "websocket"})))
+
+    def test_101_head_is_what_h11_would_write(self) -> None:
+        handshake, request = server_request(request_bytes())
+        response = handshake.accept(request)
+        response.headers["X-Extra"] = "  spaced value\t"
+        raw = handshake.send_response(response)
+        assert raw.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert raw.endswith(b"\r\n\r\n") and raw.count(b"\r\n\r\n") == 1
+        status, headers, body = parse_head(raw)
+        assert status.startswith("HTTP/1.1 101")
+        assert body == b""
+        assert headers.get("X-Extra") == "spaced value"
+        assert headers.get("Sec-WebSocket-Accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+    @pytest.mark.parametrize(
+        ("name", "value", "reason"),
+        [
+            ("Bad Name", "v", "Switching Protocols"),
+            ("X-Ok", "nul\x00byte", "Switching Protocols"),
+            ("X-Ok", "snowman \u2603", "Switching Protocols"),
+            ("X-Ok", "v", "bad\x01reason"),
+        ],
+    )
+    def test_101_with_an_invalid_header_or_reason_is_refused(
+        self, name: str, value: str, reason: str
+    ) -> None:
+        handshake, request = server_request(request_bytes())
+        response = handshake.accept(request)
+        response.headers._items.append((name, value))
+        response.reason = reason
+        with pytest.raises(InvalidHandshake):
+            handshake.send_response(response)
+
 
 class TestSection4_2Limits:
     def big_request(self) -> bytes:

@@ -68,7 +68,7 @@ class Connection(asyncio.Protocol):
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.id = uuid.uuid4()
+        self._id: uuid.UUID | None = None
         if logger is None:
             logger = logging.getLogger(
                 "tether.server" if self.side is Side.SERVER else "tether.client"
@@ -100,8 +100,16 @@ class Connection(asyncio.Protocol):
         self._lost_exc: BaseException | None = None
         self.connection_lost_waiter: asyncio.Future[None] = self.loop.create_future()
         self._debug = self.logger.isEnabledFor(_DEBUG)
+        self._info = self.logger.isEnabledFor(logging.INFO)
 
     # ------------------------------------------------------------ public attributes
+
+    @property
+    def id(self) -> uuid.UUID:
+        """A random UUID for this connection, in every log line about it."""
+        if self._id is None:
+            self._id = uuid.uuid4()
+        return self._id
 
     @property
     def state(self) -> State:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -48,9 +48,11 @@ class ServerConnection(Connection):
                 None if server.compression is None else ServerNegotiator(server.compression)
             ),
         )
-        self._request_waiter: asyncio.Future[Request] = self.loop.create_future()
         self._open_handle: asyncio.TimerHandle | None = None
         self._codec_state: Any = None
+        # True while an async process_request/process_response decides the answer
+        self._deciding = False
+        #: the task running the handler (and, with async hooks, the handshake's end)
         self.handler_task: asyncio.Task[None] | None = None
 
     def _select_subprotocol(self, offered: Sequence[str]) -> str | None:
@@ -68,9 +70,6 @@ class ServerConnection(Connection):
             self._open_handle = self.loop.call_later(
                 self.server.open_timeout, self._open_timed_out
             )
-        task = self.handler_task = self.loop.create_task(self._run())
-        self.server._handlers.add(task)
-        task.add_done_callback(self.server._handlers.discard)
 
     def _open_timed_out(self) -> None:
         self._open_handle = None
@@ -79,96 +78,103 @@ class ServerConnection(Connection):
             self.transport.abort()
 
     def _handshake_received(self, data: bytes) -> None:
-        """Handshake phase: feed the request parser."""
-        if self._request_waiter.done():
+        """Handshake phase: feed the request parser; answer once the request is whole.
+
+        Without hooks, or with synchronous ones, the handshake is answered right here,
+        and a task is created only for the handler once the connection is open.
+        """
+        if self._deciding:
             # Bytes after the request head: h11 keeps them as trailing data.
             self._handshake._h11.receive_data(data)
             return
+        transport = self.transport
+        assert transport is not None
         try:
             request = self._handshake.receive_data(data)
         except InvalidMessage as exc:
             self.logger.info("[%s] invalid opening handshake request: %s", self.id, exc)
-            assert self.transport is not None
-            response = self._handshake.reject(exc.status, f"{exc}\n")
-            self.transport.write(self._handshake.send_response(response))
-            self.transport.close()
-            self._request_waiter.set_exception(exc)
+            rejection = self._handshake.reject(exc.status, f"{exc}\n")
+            transport.write(self._handshake.send_response(rejection))
+            transport.close()
             return
-        if request is not None:
-            # Read nothing more until the handshake is answered: bytes that came with
-            # the request stay in h11's buffer, bounded by one read.
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._request_waiter.set_result(request)
-
-    def eof_received(self) -> bool | None:
-        """The client closed its side; before the handshake that ends everything."""
-        return super().eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the connection; fail a pending handshake."""
-        self.server._connections.discard(self)
-        if self._open_handle is not None:
-            self._open_handle.cancel()
-        if not self._request_waiter.done():
-            self._request_waiter.set_exception(
-                ConnectionError("connection closed before the opening handshake completed")
-            )
-        super().connection_lost(exc)
-
-    async def _run(self) -> None:
-        try:
-            if not await self._handshake_phase():
-                return
-        except asyncio.CancelledError:
-            if self.transport is not None:
-                self.transport.abort()
-            raise
-        try:
-            await self.server.handler(self)
-        except asyncio.CancelledError:
-            await self._close_quietly(1001, "")
-            raise
-        except ConnectionClosed as exc:
-            # The peer went away while the handler was talking to it: not a bug.
-            self.logger.debug("[%s] handler ended: %s", self.id, exc)
-        except Exception:
-            self.logger.error("[%s] connection handler failed", self.id, exc_info=True)
-            await self._close_quietly(1011, "")
-        else:
-            await self._close_quietly(1000, "")
-
-    async def _close_quietly(self, code: int, reason: str) -> None:
-        try:
-            await self.close(code, reason)
-        except Exception:  # pragma: no cover - close() swallows connection errors
-            self.logger.debug("[%s] error while closing", self.id, exc_info=True)
-
-    async def _handshake_phase(self) -> bool:
-        """Run the opening handshake; return True when the connection is open."""
-        server = self.server
-        transport = self.transport
-        assert transport is not None
-        try:
-            request = await self._request_waiter
-        except (InvalidMessage, ConnectionError):
-            return False
+        if request is None:
+            return
         self.request = request
+        server = self.server
         response: Response | None = None
         try:
             if server.process_request is not None:
                 result = server.process_request(self, request)
-                response = await result if inspect.isawaitable(result) else result
+                if inspect.isawaitable(result):
+                    self._decide_later(self._finish_process_request(result))
+                    return
+                response = result
             if response is None:
                 response = self._handshake.accept(request)
+            assert response is not None
             if server.process_response is not None:
                 result = server.process_response(self, request, response)
-                replaced = await result if inspect.isawaitable(result) else result
-                if replaced is not None:
-                    response = replaced
+                if inspect.isawaitable(result):
+                    self._decide_later(self._finish_process_response(result, response))
+                    return
+                if result is not None:
+                    response = result
         except Exception:
-            self.logger.error("[%s] opening handshake failed", self.id, exc_info=True)
-            response = self._handshake.reject(500, "Failed to open a WebSocket connection.\n")
+            response = self._hook_failed()
+        if self._send_handshake_response(response):
+            self._start_handler()
+
+    def _hook_failed(self) -> Response:
+        self.logger.error("[%s] opening handshake failed", self.id, exc_info=True)
+        return self._handshake.reject(500, "Failed to open a WebSocket connection.\n")
+
+    def _decide_later(self, decision: Coroutine[Any, Any, Response]) -> None:
+        """An async hook decides the response: read nothing more until it has (bytes that
+        came with the request stay in h11's buffer, bounded by one read); then run the
+        handler in the same task."""
+        assert self.transport is not None
+        self._deciding = True
+        self.transport.pause_reading()
+        self._spawn(self._run_async_handshake(decision))
+
+    async def _finish_process_request(self, result: Awaitable[Response | None]) -> Response:
+        response = await result
+        if response is None:
+            assert self.request is not None
+            response = self._handshake.accept(self.request)
+        if self.server.process_response is not None:
+            assert self.request is not None
+            later = self.server.process_response(self, self.request, response)
+            replaced = await later if inspect.isawaitable(later) else later
+            if replaced is not None:
+                response = replaced
+        return response
+
+    async def _finish_process_response(
+        self, result: Awaitable[Response | None], response: Response
+    ) -> Response:
+        replaced = await result
+        return replaced if replaced is not None else response
+
+    async def _run_async_handshake(self, decision: Coroutine[Any, Any, Response]) -> None:
+        try:
+            try:
+                response = await decision
+            except Exception:
+                response = self._hook_failed()
+            self._deciding = False
+            opened = self._send_handshake_response(response)
+        except asyncio.CancelledError:
+            if self.transport is not None:
+                self.transport.abort()
+            raise
+        if opened:
+            await self._run_handler()
+
+    def _send_handshake_response(self, response: Response) -> bool:
+        """Write the response; switch to WebSocket on a 101. Return whether open."""
+        transport = self.transport
+        assert transport is not None
         self.response = response
         if transport.is_closing():
             return False
@@ -192,11 +198,50 @@ class ServerConnection(Connection):
             transport.close()
             return False
         self.subprotocol = self._handshake.subprotocol
-        self.logger.info("[%s] connection open: %s", self.id, request.path)
+        if self._info:
+            assert self.request is not None
+            self.logger.info("[%s] connection open: %s", self.id, self.request.path)
         self._open_protocol(self._handshake.trailing_data)
         if not self._paused_reading and not transport.is_closing():
             transport.resume_reading()
         return True
+
+    def _start_handler(self) -> None:
+        self._spawn(self._run_handler())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.handler_task = self.loop.create_task(coro)
+        handlers = self.server._handlers
+        handlers.add(task)
+        task.add_done_callback(handlers.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection."""
+        self.server._connections.discard(self)
+        if self._open_handle is not None:
+            self._open_handle.cancel()
+        super().connection_lost(exc)
+
+    async def _run_handler(self) -> None:
+        try:
+            await self.server.handler(self)
+        except asyncio.CancelledError:
+            await self._close_quietly(1001, "")
+            raise
+        except ConnectionClosed as exc:
+            # The peer went away while the handler was talking to it: not a bug.
+            self.logger.debug("[%s] handler ended: %s", self.id, exc)
+        except Exception:
+            self.logger.error("[%s] connection handler failed", self.id, exc_info=True)
+            await self._close_quietly(1011, "")
+        else:
+            await self._close_quietly(1000, "")
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
+        try:
+            await self.close(code, reason)
+        except Exception:  # pragma: no cover - close() swallows connection errors
+            self.logger.debug("[%s] error while closing", self.id, exc_info=True)
 
 
 class Server:
@@ -302,9 +347,12 @@ class Server:
         if close_connections:
             pending = [c for c in self._connections if not c._open and c.transport]
             for conn in pending:
-                # Handshake not complete: nothing to close gracefully.
+                # Handshake not complete: nothing to close gracefully. An async hook
+                # still deciding the answer is cancelled.
                 assert conn.transport is not None
                 conn.transport.abort()
+                if conn.handler_task is not None:
+                    conn.handler_task.cancel()
             closing = [c.close(1001, "server shutting down") for c in list(self._connections)
                        if c._open]
             if closing:

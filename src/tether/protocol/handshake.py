@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from collections.abc import Callable, Sequence
 
 import h11
@@ -49,6 +50,10 @@ MAX_BODY_SIZE = 64 * 1024
 
 SERVER_AGENT = "tether"
 
+# RFC 9110 5.1 and 5.5: what a header name and value may hold.
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 
 def generate_key() -> str:
     """A fresh random Sec-WebSocket-Key (RFC 6455 4.1: 16 random bytes, base64)."""
@@ -67,9 +72,9 @@ def parse_tokens(values: Sequence[str]) -> list[str]:
 
 
 def _headers_from_h11(raw: Sequence[tuple[bytes, bytes]]) -> Headers:
+    # h11 has validated every name and value: no need to check them again one by one.
     headers = Headers()
-    for name, value in raw:
-        headers[name.decode("latin-1")] = value.decode("latin-1")
+    headers._items = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
     return headers
 
 
@@ -106,6 +111,9 @@ class ServerHandshake:
         self._received = 0
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
         self.request: Request | None = None
+        # Whether the request proposed a protocol switch (an Upgrade header, no body):
+        # only then may a 101 be sent.
+        self._may_switch = False
         #: the subprotocol and extension state chosen by :meth:`accept`
         self.subprotocol: str | None = None
         self.extension_state: object = None
@@ -145,12 +153,12 @@ class ServerHandshake:
             raise InvalidMessage(
                 f"request has {len(event.headers)} headers, more than {self.max_headers}", 431
             )
-        try:
-            # A GET has no body: read its EndOfMessage so h11 reaches the state where
-            # a 101 may be sent (MIGHT_SWITCH_PROTOCOL).
-            conn.next_event()
-        except h11.RemoteProtocolError:
-            pass
+        headers = event.headers  # h11 gives lower-case names here
+        has_body = any(
+            name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
+            for name, value in headers
+        )
+        self._may_switch = not has_body and any(name == b"upgrade" for name, _ in headers)
         self.request = Request(
             path=event.target.decode("latin-1"),
             headers=_headers_from_h11(event.headers.raw_items()),
@@ -171,18 +179,19 @@ class ServerHandshake:
         On an error response, :attr:`exc` tells what was wrong.
         """
         try:
-            key = self._check_request(request)
+            fields = _fields(request.headers)
+            key = self._check_request(request, fields)
             headers = Headers()
             headers["Upgrade"] = "websocket"
             headers["Connection"] = "Upgrade"
             headers["Sec-WebSocket-Accept"] = accept_key(key)
-            offered = parse_tokens(request.headers.get_all("Sec-WebSocket-Extensions"))
+            offered = parse_tokens(fields.get("sec-websocket-extensions", ()))
             if offered and self.extensions is not None:
                 value, state = self.extensions(offered)
                 if value is not None:
                     headers["Sec-WebSocket-Extensions"] = value
                     self.extension_state = state
-            protocols = parse_tokens(request.headers.get_all("Sec-WebSocket-Protocol"))
+            protocols = parse_tokens(fields.get("sec-websocket-protocol", ()))
             self.subprotocol = self._choose_subprotocol(protocols)
             if self.subprotocol is not None:
                 headers["Sec-WebSocket-Protocol"] = self.subprotocol
@@ -209,28 +218,29 @@ class ServerHandshake:
             self.exc = exc
             return self.reject(400, f"Failed to open a WebSocket connection: {exc}.\n")
 
-    def _check_request(self, request: Request) -> str:
-        headers = request.headers
+    def _check_request(self, request: Request, fields: dict[str, list[str]]) -> str:
         if request.method != "GET":
             raise InvalidHandshake(f"method must be GET, not {request.method}")
+        if "transfer-encoding" in fields or fields.get("content-length", ["0"]) != ["0"]:
+            raise InvalidHandshake("an opening handshake request has no body")
         if request.http_version != "1.1":
             raise InvalidHandshake(f"HTTP/{request.http_version} is not HTTP/1.1")
-        connection = [t.lower() for t in parse_tokens(headers.get_all("Connection"))]
-        if "upgrade" not in connection:
-            raise InvalidUpgrade("Connection", headers.get("Connection"),
+        values = fields.get("connection", [])
+        if "upgrade" not in [t.lower() for t in parse_tokens(values)]:
+            raise InvalidUpgrade("Connection", ", ".join(values) or None,
                                  "Connection header does not include Upgrade")
-        upgrade = [t.lower() for t in parse_tokens(headers.get_all("Upgrade"))]
-        if "websocket" not in upgrade:
-            raise InvalidUpgrade("Upgrade", headers.get("Upgrade"),
+        values = fields.get("upgrade", [])
+        if "websocket" not in [t.lower() for t in parse_tokens(values)]:
+            raise InvalidUpgrade("Upgrade", ", ".join(values) or None,
                                  "Upgrade header does not include websocket")
-        version = headers.get_all("Sec-WebSocket-Version")
+        version = fields.get("sec-websocket-version", [])
         if version != ["13"]:
             raise InvalidUpgrade(
                 "Sec-WebSocket-Version", ", ".join(version) or None,
                 "unsupported WebSocket version "
                 + (repr(", ".join(version)) if version else "(missing)") + "; 13 is required",
             )
-        keys = headers.get_all("Sec-WebSocket-Key")
+        keys = fields.get("sec-websocket-key", [])
         if len(keys) != 1:
             raise InvalidHeader("Sec-WebSocket-Key", None if not keys else ", ".join(keys))
         key = keys[0]
@@ -242,7 +252,8 @@ class ServerHandshake:
             raise InvalidHeader("Sec-WebSocket-Key", key,
                                 f"Sec-WebSocket-Key is not 16 bytes in base64: {key!r}")
         if self.origins is not None:
-            origin = headers.get("Origin")
+            origins = fields.get("origin")
+            origin = ", ".join(origins) if origins else None
             if origin not in self.origins:
                 raise InvalidOrigin(origin)
         return key
@@ -272,14 +283,11 @@ class ServerHandshake:
         headers = response.headers
         conn = self._h11
         if response.status == 101:
-            if conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
+            if not self._may_switch:
                 raise InvalidHandshake("cannot send 101: the request did not ask to upgrade")
-            return conn.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=_h11_headers(headers),
-                    reason=response.reason.encode(),
-                )
-            ) or b""
+            # After a 101 h11 has nothing more to do: the head is written here, from
+            # values checked as h11 would check them.
+            return _serialize_head(response)
         hdrs = [(n, v) for n, v in headers.raw_items()
                 if n.lower() not in ("content-length", "connection", "transfer-encoding")]
         hdrs.append(("Content-Length", str(len(response.body))))
@@ -301,6 +309,31 @@ class ServerHandshake:
             ) + "\r\n"
             out = head.encode("latin-1") + response.body
         return out
+
+
+def _fields(headers: Headers) -> dict[str, list[str]]:
+    """The header values by lower-case name, for the checks of one message."""
+    fields: dict[str, list[str]] = {}
+    for name, value in headers.raw_items():
+        fields.setdefault(name.lower(), []).append(value)
+    return fields
+
+
+def _serialize_head(response: Response) -> bytes:
+    """The bytes of a response head without a body (a 101), after checking each part."""
+    reason = response.reason
+    if _BAD_VALUE.search(reason):
+        raise InvalidHandshake(f"invalid reason phrase in the response: {reason!r}")
+    lines = [f"HTTP/1.1 {response.status} {reason}\r\n"]
+    for name, value in response.headers.raw_items():
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise InvalidHandshake(f"invalid header in the response: {name!r}: {value!r}")
+        lines.append(f"{name}: {value.strip()}\r\n")
+    lines.append("\r\n")
+    try:
+        return "".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidHandshake("a response header is not latin-1 text") from None
 
 
 class ClientHandshake:
