@@ -50,6 +50,44 @@ class Connection(asyncio.Protocol):
     :meth:`wait_closed` and ``async for message in connection``.
     """
 
+    # Slots keep an idle connection small; "__dict__" (created on first use) still lets
+    # applications hang their own attributes on a connection, "__weakref__" lets them
+    # keep connections in a WeakSet.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_close_handle",
+        "_debug",
+        "_drain_waiter",
+        "_fail_handle",
+        "_fragmenting",
+        "_id",
+        "_info",
+        "_keepalive_handle",
+        "_lost_exc",
+        "_open",
+        "_paused_reading",
+        "_paused_writing",
+        "_pings",
+        "_recv_waiter",
+        "_stop_handled",
+        "close_timeout",
+        "connection_lost_waiter",
+        "latency",
+        "logger",
+        "loop",
+        "max_queue",
+        "max_size",
+        "ping_interval",
+        "ping_timeout",
+        "protocol",
+        "request",
+        "response",
+        "subprotocol",
+        "transport",
+        "write_limit",
+    )
+
     side: Side
     #: the core state machine, created when the opening handshake succeeds
     protocol: Protocol

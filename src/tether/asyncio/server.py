@@ -32,6 +32,9 @@ SelectSubprotocol = Callable[["ServerConnection", Sequence[str]], "str | None"]
 class ServerConnection(Connection):
     """The server side of a WebSocket connection; the argument of the handler."""
 
+    __slots__ = ("_codec_state", "_deciding", "_handshake", "_open_handle", "handler_task",
+                 "server")
+
     side = Side.SERVER
 
     def __init__(self, server: Server, **options: Any) -> None:
@@ -201,7 +204,14 @@ class ServerConnection(Connection):
         if self._info:
             assert self.request is not None
             self.logger.info("[%s] connection open: %s", self.id, self.request.path)
-        self._open_protocol(self._handshake.trailing_data)
+        trailing = self._handshake.trailing_data
+        # The connection keeps its request and response for its whole life: in their
+        # compact form, without the HTTP parser.
+        assert self.request is not None
+        self.request.headers._compact()
+        response.headers._compact()
+        self._open_protocol(trailing)
+        self._handshake = None  # type: ignore[assignment]
         if not self._paused_reading and not transport.is_closing():
             transport.resume_reading()
         return True

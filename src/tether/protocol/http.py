@@ -16,12 +16,41 @@ class Headers:
     header is repeated; :meth:`get_all` returns them as a list.
     """
 
-    __slots__ = ("_items",)
+    # The pairs live in ``_list``, or, to save memory on connections that keep their
+    # handshake's headers for their whole life, in ``_block``: one string
+    # "Name: value\r\nName: value" (names hold no ":", values no CR or LF), split back
+    # into pairs on first use.
+    __slots__ = ("_block", "_list")
 
     def __init__(self, items: HeadersLike | None = None) -> None:
-        self._items: list[tuple[str, str]] = []
+        self._list: list[tuple[str, str]] | None = []
+        self._block = ""
         if items is not None:
             self.update(items)
+
+    @property
+    def _items(self) -> list[tuple[str, str]]:
+        items = self._list
+        if items is None:
+            block = self._block
+            items = self._list = [
+                (name, value)
+                for name, _, value in (line.partition(": ") for line in block.split("\r\n"))
+            ] if block else []
+            self._block = ""
+        return items
+
+    @_items.setter
+    def _items(self, items: list[tuple[str, str]]) -> None:
+        self._list = items
+        self._block = ""
+
+    def _compact(self) -> None:
+        """Keep the pairs as one string until they are used again (saves memory)."""
+        items = self._list
+        if items is not None:
+            self._block = "\r\n".join(f"{name}: {value}" for name, value in items)
+            self._list = None
 
     def update(self, items: HeadersLike) -> None:
         """Append headers from a mapping or an iterable of ``(name, value)`` pairs."""
