@@ -27,6 +27,7 @@ SETTINGS: list[dict[str, int | bool]] = [
     {"server_max_window_bits": 10, "client_max_window_bits": 10},
     {"server_max_window_bits": 9, "client_max_window_bits": 9, "mem_level": 1},
     {"mem_level": 8},
+    {"mem_level": 5},
     {"mem_level": 1},
     {"server_no_context_takeover": True, "client_no_context_takeover": True},
 ]
@@ -76,7 +77,7 @@ def measure(setting: dict[str, int | bool], n: int, size: int) -> float:
 
 def describe(setting: dict[str, int | bool]) -> str:
     if not setting:
-        return "defaults (12-bit windows, mem_level 5)"
+        return "defaults (12-bit windows, mem_level 3)"
     return ", ".join(f"{k}={v}" for k, v in setting.items())
 
 

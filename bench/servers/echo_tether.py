@@ -16,7 +16,7 @@ async def handler(ws: Any) -> None:
 
 
 def start(port: int, compression: bool) -> AbstractAsyncContextManager[Any]:
-    # "deflate" is tether's default: tether.Deflate() (12-bit windows, level 6, mem_level 5,
+    # "deflate" is tether's default: tether.Deflate() (12-bit windows, level 6, mem_level 3,
     # messages under 128 bytes sent uncompressed).
     server: AbstractAsyncContextManager[Any] = tether.serve(
         handler,
