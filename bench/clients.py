@@ -158,8 +158,9 @@ def child(args: argparse.Namespace) -> int:
     payload = bytes(i % 251 for i in range(args.size))
     meter = _Meter(args.warmup, args.duration, args.count)
     uri = f"ws://127.0.0.1:{args.port}/"
-    coro = asyncio.wait_for(RUNNERS[args.child](uri, payload, meter),
-                            args.warmup + args.duration + 30)  # fmt: skip
+    coro = asyncio.wait_for(
+        RUNNERS[args.child](uri, payload, meter), args.warmup + args.duration + 30
+    )
     if args.loop == "uvloop":
         import uvloop
 
@@ -167,11 +168,15 @@ def child(args: argparse.Namespace) -> int:
     else:
         asyncio.run(coro)
     elapsed = meter.stop - meter.start
-    print(json.dumps({
-        "rate": meter.count / elapsed if elapsed > 0 else 0.0,
-        "count": meter.count,
-        "client_cpu_us": (meter.cpu_stop - meter.cpu_start) / max(meter.count, 1) * 1e6,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "rate": meter.count / elapsed if elapsed > 0 else 0.0,
+                "count": meter.count,
+                "client_cpu_us": (meter.cpu_stop - meter.cpu_start) / max(meter.count, 1) * 1e6,
+            }
+        )
+    )
     return 0
 
 
@@ -201,16 +206,22 @@ def measure(
 
 def client_version(client: str) -> str:
     dist = DISTS.get(client, client)
-    code = (
-        "import importlib.metadata as m\n"
-        f"print(m.version({dist!r}))\n"
-    )
+    code = f"import importlib.metadata as m\nprint(m.version({dist!r}))\n"
     env = runner.lib_env("tether" if client == "tether" else client)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
     if proc.returncode != 0:
         raise runner.BenchFailure(f"{dist} is not installed")
     return proc.stdout.strip()
+
+
+def _version_or_reason(client: str) -> str:
+    """The client's version, or "!" and why it cannot be measured."""
+    try:
+        return client_version(client)
+    except runner.BenchFailure as exc:
+        return f"!{exc}"
 
 
 def fmt_size(size: int) -> str:
@@ -224,18 +235,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1_000_000, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="1 round of 0.5 s")
-    parser.add_argument("--clients", default=",".join(CLIENTS),
-                        help="comma-separated, from: %(default)s")  # fmt: skip
-    parser.add_argument("--loop", default=None,
-                        help="event loop(s) of the clients: asyncio, uvloop "
-                        "(default: both if uvloop is installed)")  # fmt: skip
-    parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES),
-                        help="message sizes in bytes (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help="comma-separated, from: %(default)s"
+    )
+    parser.add_argument(
+        "--loop",
+        default=None,
+        help="event loop(s) of the clients: asyncio, uvloop (default: both if uvloop is installed)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(s) for s in SIZES),
+        help="message sizes in bytes (default: %(default)s)",
+    )
     parser.add_argument("--rounds", type=int, help="default 3, or 1 with --quick")
     parser.add_argument("--duration", type=float, help="seconds per measurement (2, quick 0.5)")
     parser.add_argument("--warmup", type=float, help="uncounted seconds first (0.3, quick 0.1)")
-    parser.add_argument("--pin", action="store_true",
-                        help="pin the server to CPU 0 and the clients to CPU 1")  # fmt: skip
+    parser.add_argument(
+        "--pin", action="store_true", help="pin the server to CPU 0 and the clients to CPU 1"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -245,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         return child(args)
 
     has_uvloop = importlib.util.find_spec("uvloop") is not None
-    loops = [x.strip() for x in (args.loop or ("asyncio,uvloop" if has_uvloop else
-                                               "asyncio")).split(",") if x.strip()]  # fmt: skip
+    loops = [
+        x.strip()
+        for x in (args.loop or ("asyncio,uvloop" if has_uvloop else "asyncio")).split(",")
+        if x.strip()
+    ]
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     if unknown := [c for c in clients if c not in CLIENTS]:
         parser.error(f"unknown --clients {unknown}; choose from {CLIENTS}")
@@ -254,16 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     versions: dict[str, str] = {}
     skipped: dict[str, str] = {}
     for client in list(clients):
-        try:
-            versions[client] = client_version(client)
-        except runner.BenchFailure as exc:
-            skipped[client] = str(exc)
+        version = _version_or_reason(client)
+        if version.startswith("!"):
+            skipped[client] = version[1:]
             clients.remove(client)
-            runner.log(f"!! {exc}; skipping {client}")
+            runner.log(f"!! {version[1:]}; skipping {client}")
+        else:
+            versions[client] = version
     out_dir = BENCH / "out"
     out_dir.mkdir(exist_ok=True)
-    server = runner.ServerProcess("picows", "uvloop" if has_uvloop else "asyncio", out_dir,
-                                  runner.SERVER_CPU if args.pin else None, profile=False)  # fmt: skip
+    server = runner.ServerProcess(
+        "picows",
+        "uvloop" if has_uvloop else "asyncio",
+        out_dir,
+        runner.SERVER_CPU if args.pin else None,
+        profile=False,
+    )
     samples: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     errors: dict[tuple[str, int, str], list[str]] = {}
     load = [round(x, 2) for x in os.getloadavg()]
@@ -272,14 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         total = args.rounds * len(loops) * len(sizes) * len(clients)
         done = 0
         for round_no in range(args.rounds):
-            order = clients[round_no % len(clients):] + clients[:round_no % len(clients)]
+            order = clients[round_no % len(clients) :] + clients[: round_no % len(clients)]
             for loop in loops:
                 for size in sizes:
                     for client in order:
                         done += 1
                         key = (client, size, loop)
-                        prefix = (f"[{done}/{total}] round {round_no + 1} {loop:<8} "
-                                  f"{fmt_size(size):>6} {client:<18}")  # fmt: skip
+                        prefix = (
+                            f"[{done}/{total}] round {round_no + 1} {loop:<8} "
+                            f"{fmt_size(size):>6} {client:<18}"
+                        )
                         try:
                             sample = measure(client, server.port, size, loop, args)
                         except (runner.BenchFailure, subprocess.TimeoutExpired) as exc:
@@ -287,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                             runner.log(f"{prefix} FAILED: {exc}")
                             continue
                         samples.setdefault(key, []).append(sample)
-                        runner.log(f"{prefix} {sample['rate']:>10,.0f} round trips/s  "
-                                   f"client {sample['client_cpu_us']:6.1f} µs/rt")  # fmt: skip
+                        runner.log(
+                            f"{prefix} {sample['rate']:>10,.0f} round trips/s  "
+                            f"client {sample['client_cpu_us']:6.1f} µs/rt"
+                        )
     finally:
         server.stop()
 
@@ -304,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{versions.get('picows', '')} callback echo on {server.loop}; one connection, "
         f"sequential round trips; {args.rounds} round(s) of {args.duration} s; revision "
         f"{runner.git_revision()}; load average at start {', '.join(map(str, load))}; "
-        + ", ".join(f"{c} {v}" for c, v in versions.items()) + ".\n"
+        + ", ".join(f"{c} {v}" for c, v in versions.items())
+        + ".\n"
     )
     for loop in loops:
         print(f"\n### Clients on {loop}\n")
@@ -327,20 +359,34 @@ def main(argv: list[str] | None = None) -> int:
                     f"{cpu:,.1f}" if cpu is not None else "—",
                 ]
                 print("| " + " | ".join(cells) + " |")
-    print("\nmedian over rounds; spread = ±half the range / median; client CPU = the client "
-          "process's user + system time per round trip (the server's is not included).")  # fmt: skip
+    print(
+        "\nmedian over rounds; spread = ±half the range / median; client CPU = the client "
+        "process's user + system time per round trip (the server's is not included)."
+    )
     for client, why in skipped.items():
         print(f"\n**{client} not measured**: {why}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "date": date,
-            "versions": versions,
-            "loops": loops,
-            "results": [
-                {"client": c, "size": s, "loop": lp, "samples": v, "errors": errors.get((c, s, lp), [])}
-                for (c, s, lp), v in samples.items()
-            ],
-        }, indent=2) + "\n")  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": date,
+                    "versions": versions,
+                    "loops": loops,
+                    "results": [
+                        {
+                            "client": c,
+                            "size": s,
+                            "loop": lp,
+                            "samples": v,
+                            "errors": errors.get((c, s, lp), []),
+                        }
+                        for (c, s, lp), v in samples.items()
+                    ],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 1 if errors or skipped else 0
 
 

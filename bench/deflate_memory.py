@@ -77,7 +77,7 @@ def measure(setting: dict[str, int | bool], n: int, size: int) -> float:
 
 def describe(setting: dict[str, int | bool]) -> str:
     if not setting:
-        return "defaults (12-bit windows, mem_level 3)"
+        return "defaults (server window 12 bits, client 11, mem_level 3, level 4)"
     return ", ".join(f"{k}={v}" for k, v in setting.items())
 
 

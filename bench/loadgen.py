@@ -72,7 +72,10 @@ MAX_RESPONSE_HEAD = 16 * 1024
 DEFLATE_OFFER = "permessage-deflate; client_no_context_takeover; client_max_window_bits"
 BROWSER_DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 TAIL = b"\x00\x00\xff\xff"
-FRAME_POOL = 16  # distinct pre-compressed messages sent in turn
+# Distinct pre-compressed messages sent in turn: more than a 32 KiB window (the largest
+# permessage-deflate allows) holds at 1 KiB, so no reply is a back-reference to an
+# earlier reply of the connection.
+FRAME_POOL = 64
 
 
 def handshake_request(port: int, path: str = "/", extensions: str | None = None) -> bytes:
@@ -208,6 +211,7 @@ class Meter:
         "done",
         "duration",
         "limit",
+        "reply_bytes",
         "start",
         "stop",
         "total",
@@ -226,6 +230,7 @@ class Meter:
         self.stop = 0.0
         self.count = 0
         self.total = 0  # including the warm-up
+        self.reply_bytes = 0  # payload bytes of the replies counted in ``total``
         self.cpu_start = self.cpu_stop = 0.0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -508,6 +513,8 @@ class DeflateClient(Client):
             return
         self.replies += 1
         meter = self.meter
+        if meter is not None:
+            meter.reply_bytes += size  # compressed size: what went over the wire
         if meter is not None and meter.tick():
             assert self.transport is not None
             self.transport.write(self.take_frame())
@@ -917,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed": meter.elapsed,
         "total": meter.total,
         "loadgen_cpu_us": (meter.cpu_stop - meter.cpu_start) / max(meter.count, 1) * 1e6,
+        "reply_bytes": meter.reply_bytes / max(meter.total, 1),
         "loop": args.loop,
     }
     print(json.dumps(result))

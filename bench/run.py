@@ -117,6 +117,7 @@ class Result:
     samples: list[float] = field(default_factory=list)
     server_cpu_us: list[float] = field(default_factory=list)
     loadgen_cpu_us: list[float] = field(default_factory=list)
+    reply_bytes: list[float] = field(default_factory=list)  # deflate: payload B per reply
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -482,6 +483,8 @@ def run_all(
                     continue
                 result.samples.append(sample["rate"])
                 result.loadgen_cpu_us.append(sample["loadgen_cpu_us"])
+                if scenario.deflate and sample.get("reply_bytes"):
+                    result.reply_bytes.append(sample["reply_bytes"])
                 if "server_cpu_us" in sample:
                     result.server_cpu_us.append(sample["server_cpu_us"])
                 cpu = sample.get("server_cpu_us")
@@ -704,10 +707,12 @@ def markdown_table(
             vs_ref = ratio(results[scenario.key], lib, REFERENCE)
             vs_limit = ratio(results[scenario.key], lib, LIMIT)
             cpu = statistics.median(result.server_cpu_us) if result.server_cpu_us else None
+            wire = median(result.reply_bytes)
             cells = [
                 scenario.title,
                 lib,
                 fmt_rate(result.median, scenario)
+                + (f", {wire:,.0f} B/reply" if wire is not None else "")
                 + (f" ({len(result.errors)} failed)" if result.errors else ""),
                 f"±{spread * 100:.1f}%" if spread is not None else "—",
                 f"{vs_ref:.2f}x" if vs_ref is not None else "—",
@@ -958,7 +963,9 @@ def main(argv: list[str] | None = None) -> int:
                 "vs websockets and vs limit = ratio of medians in this run; server CPU = the "
                 "server process's user + system time per message or handshake. deflate rows: "
                 "servers with their default permessage-deflate, the load generator sending "
-                "pre-compressed JSON-like text (client_no_context_takeover); no limit row."
+                "pre-compressed JSON-like text (client_no_context_takeover), B/reply = "
+                "compressed payload bytes per reply (the ratio each default buys); no limit "
+                "row."
             )
         if memory:
             print(f"\n### Servers on {loop}: memory per idle connection\n")
@@ -1050,6 +1057,7 @@ def json_run(run: dict[str, Any], timed: list[Scenario], memory: list[Scenario])
                         "vs_limit": ratio(results[s.key], lib, LIMIT),
                         "server_cpu_us": r.server_cpu_us,
                         "loadgen_cpu_us": r.loadgen_cpu_us,
+                        "reply_bytes": r.reply_bytes,
                         "errors": r.errors,
                     }
                     for lib, r in results.get(s.key, {}).items()

@@ -162,8 +162,8 @@ class TestSection7_1ServerNegotiation:
             (
                 "permessage-deflate; client_max_window_bits",
                 Deflate(),
-                {"server_max_window_bits": "12", "client_max_window_bits": "12"},
-                (False, False, 12, 12),
+                {"server_max_window_bits": "12", "client_max_window_bits": "11"},
+                (False, False, 12, 11),
             ),
             (
                 "permessage-deflate; client_max_window_bits=10",
@@ -174,8 +174,8 @@ class TestSection7_1ServerNegotiation:
             (
                 "permessage-deflate; client_max_window_bits=15",
                 Deflate(),
-                {"server_max_window_bits": "12", "client_max_window_bits": "12"},
-                (False, False, 12, 12),
+                {"server_max_window_bits": "12", "client_max_window_bits": "11"},
+                (False, False, 12, 11),
             ),
             (
                 'permessage-deflate; client_max_window_bits="10"',
@@ -365,7 +365,7 @@ class TestSection7_1ClientNegotiation:
         ("settings", "answer", "expected"),
         [
             # expected: (local_no_ctx, remote_no_ctx, local_bits, remote_bits) of the client
-            (Deflate(), "permessage-deflate; server_max_window_bits=12", (False, False, 12, 12)),
+            (Deflate(), "permessage-deflate; server_max_window_bits=12", (False, False, 11, 12)),
             (
                 Deflate(),
                 "permessage-deflate; server_max_window_bits=9; client_max_window_bits=10",
@@ -380,12 +380,12 @@ class TestSection7_1ClientNegotiation:
                 Deflate(),
                 "permessage-deflate; server_no_context_takeover; "
                 "client_no_context_takeover; server_max_window_bits=12",
-                (True, True, 12, 12),
+                (True, True, 11, 12),
             ),
             (
                 Deflate(client_no_context_takeover=True),
                 "permessage-deflate; server_max_window_bits=12",
-                (True, False, 12, 12),
+                (True, False, 11, 12),
             ),
             (
                 Deflate(server_max_window_bits=15, client_max_window_bits=15),
@@ -400,7 +400,7 @@ class TestSection7_1ClientNegotiation:
             (
                 Deflate(server_no_context_takeover=True),
                 "permessage-deflate; server_no_context_takeover; server_max_window_bits=12",
-                (False, True, 12, 12),
+                (False, True, 11, 12),
             ),
         ],
     )
@@ -458,7 +458,7 @@ class TestSection7_1ClientNegotiation:
         client_codec, server_codec = negotiate(settings, Deflate())
         # The client never compresses with a larger window than the server inflates with.
         assert client_codec.local_max_window_bits == 11
-        assert server_codec.remote_max_window_bits == 12
+        assert server_codec.remote_max_window_bits == 11
         assert client_codec.remote_max_window_bits == server_codec.local_max_window_bits == 10
         assert client_codec.remote_no_context_takeover is True
         assert server_codec.local_no_context_takeover is True
@@ -902,4 +902,4 @@ def test_client_clamps_a_larger_client_window_from_the_server() -> None:
         ["permessage-deflate; server_max_window_bits=12; client_max_window_bits=15"], Deflate()
     )
     assert codec is not None
-    assert codec.local_max_window_bits == 12
+    assert codec.local_max_window_bits == 11

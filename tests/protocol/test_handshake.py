@@ -507,7 +507,7 @@ class TestSection4_2Extensions:
         handshake, request = server_request(data, extensions=ServerNegotiator(Deflate()))
         response = handshake.accept(request)
         [value] = response.headers.get_all("Sec-WebSocket-Extensions")
-        assert "client_max_window_bits=12" in value
+        assert "client_max_window_bits=11" in value
         assert isinstance(handshake.extension_state, PerMessageDeflate)
 
     @pytest.mark.parametrize("offer", [None, "x-unknown", "permessage-deflate; bogus"])
