@@ -60,6 +60,7 @@ class Connection(asyncio.Protocol):
         "_debug",
         "_drain_waiter",
         "_fail_handle",
+        "_flush_pending",
         "_fragmenting",
         "_id",
         "_info",
@@ -71,6 +72,8 @@ class Connection(asyncio.Protocol):
         "_pings",
         "_recv_waiter",
         "_stop_handled",
+        "_wbuf",
+        "_wbuf_size",
         "close_timeout",
         "connection_lost_waiter",
         "latency",
@@ -135,6 +138,10 @@ class Connection(asyncio.Protocol):
         self._close_handle: asyncio.TimerHandle | None = None
         self._fail_handle: asyncio.TimerHandle | None = None
         self._stop_handled = False
+        # Frames of a burst of replies, written together (see _cork).
+        self._wbuf: list[bytes] = []
+        self._wbuf_size = 0
+        self._flush_pending = False
         self._lost_exc: BaseException | None = None
         self.connection_lost_waiter: asyncio.Future[None] = self.loop.create_future()
         self._debug = self.logger.isEnabledFor(_DEBUG)
@@ -284,7 +291,7 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         out = protocol.data_to_send()
         if out and not transport.is_closing():
-            transport.write(b"".join(out))
+            self._write(b"".join(out))
         if protocol.pending_close is not None:
             if self._fail_handle is None:
                 if self._debug:
@@ -316,6 +323,8 @@ class Connection(asyncio.Protocol):
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
+        if self._wbuf:
+            self._flush()
         if protocol.close_expected() and not transport.is_closing():
             if self._debug:
                 self.logger.debug("[%s] x half-closing the TCP connection", self.id)
@@ -374,6 +383,7 @@ class Connection(asyncio.Protocol):
             )
         if self._open:
             self.protocol.state = State.CLOSED
+        self._wbuf.clear()
         for handle in (self._keepalive_handle, self._close_handle, self._fail_handle):
             if handle is not None:
                 handle.cancel()
@@ -494,11 +504,18 @@ class Connection(asyncio.Protocol):
         if not self._open or self.protocol.state is not State.OPEN:
             await self._raise_closed()
         if isinstance(message, (str, bytes, bytearray, memoryview)):
-            head, tail = self.protocol.send_message_parts(message)
-            assert self.transport is not None
-            self.transport.write(head)
+            protocol = self.protocol
+            head, tail = protocol.send_message_parts(message)
             if tail:
+                assert self.transport is not None
+                self._write(head)
                 self.transport.write(tail)
+            elif protocol.messages:
+                # More received messages are waiting: this is likely one reply of a
+                # burst. Write the burst's frames together, one system call.
+                self._cork(head)
+            else:
+                self._write(head)
             if self._paused_writing:
                 await self._drain()
             return
@@ -563,11 +580,42 @@ class Connection(asyncio.Protocol):
             )
         if self.protocol.state is not State.OPEN:
             await self._raise_closed()
-        data = self.protocol.send_fragment(fragment, fin)
-        assert self.transport is not None
-        self.transport.write(data)
+        self._write(self.protocol.send_fragment(fragment, fin))
         if self._paused_writing:
             await self._drain()
+
+    def _write(self, data: bytes) -> None:
+        """Write after whatever frames are corked: the order on the wire is kept."""
+        if self._wbuf:
+            self._wbuf.append(data)
+            self._flush()
+        else:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def _cork(self, data: bytes) -> None:
+        """Hold a frame until the end of this burst of sends (at most ``write_limit``
+        bytes, and at the latest at the loop's next turn)."""
+        self._wbuf.append(data)
+        self._wbuf_size += len(data)
+        if self._wbuf_size >= self.write_limit:
+            self._flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write the corked frames in one call."""
+        self._flush_pending = False
+        wbuf = self._wbuf
+        if not wbuf:
+            return
+        data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
+        wbuf.clear()
+        self._wbuf_size = 0
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     async def _drain(self) -> None:
         while self._paused_writing and not self.connection_lost_waiter.done():
@@ -597,8 +645,7 @@ class Connection(asyncio.Protocol):
         fut: asyncio.Future[float] = self.loop.create_future()
         frame = self.protocol.send_ping(payload)
         self._pings[payload] = (fut, _clock())
-        assert self.transport is not None
-        self.transport.write(frame)
+        self._write(frame)
         if self._paused_writing:
             await self._drain()
         return fut
@@ -608,8 +655,7 @@ class Connection(asyncio.Protocol):
         if not self._open or self.protocol.state is not State.OPEN:
             await self._raise_closed()
         payload = data.encode() if isinstance(data, str) else data
-        assert self.transport is not None
-        self.transport.write(self.protocol.send_pong(payload))
+        self._write(self.protocol.send_pong(payload))
 
     def _pong_received(self, data: bytes) -> None:
         pings = self._pings
@@ -632,8 +678,7 @@ class Connection(asyncio.Protocol):
         payload = os.urandom(4)
         fut: asyncio.Future[float] = self.loop.create_future()
         self._pings[payload] = (fut, _clock())
-        assert self.transport is not None
-        self.transport.write(self.protocol.send_ping(payload))
+        self._write(self.protocol.send_ping(payload))
         if self._debug:
             self.logger.debug("[%s] > keepalive ping sent", self.id)
         if self.ping_timeout is not None:
@@ -665,7 +710,7 @@ class Connection(asyncio.Protocol):
                               reason)
         assert self.transport is not None
         if data and not self.transport.is_closing():
-            self.transport.write(data)
+            self._write(data)
         self._closing_started()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
