@@ -31,6 +31,7 @@ from tether.proxy import (
     proxy_error_is_temporary,
     redact,
     request_headers,
+    retry_after,
     select_proxy,
     socks_error,
     socks_settings,
@@ -513,6 +514,41 @@ def test_request_headers_drop_credentials_across_origins() -> None:
         ("Authorization", basic), ("X-Trace", "1"),
     ]
     assert request_headers(parse_uri("ws://h/"), None) == []
+
+
+# ----------------------------------------------------------------------- Retry-After
+
+#: Sun, 06 Nov 1994 08:49:37 GMT, the example date of RFC 9110 5.6.7.
+NOW = 784111777.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("0", 0.0),
+        # RFC 9110 5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms.
+        ("Sun, 06 Nov 1994 08:49:47 GMT", 10.0),
+        ("Sunday, 06-Nov-94 08:49:47 GMT", 10.0),
+        ("Sun Nov  6 08:49:47 1994", 10.0),
+        ("Sun, 06 Nov 1994 08:49:27 GMT", 0.0),  # in the past: now
+        # Neither delay-seconds nor a date: ignored.
+        ("-5", None),
+        ("1.5", None),
+        ("1e3", None),
+        ("\u00b2", None),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_retry_after(value: str, expected: float | None) -> None:
+    response = Response(503, Headers([("Retry-After", value)]))
+    assert retry_after(response, NOW) == expected
+
+
+def test_retry_after_missing() -> None:
+    assert retry_after(Response(503), NOW) is None
 
 
 # ------------------------------------------------------------ a proxy to test against

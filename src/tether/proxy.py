@@ -15,6 +15,7 @@ Shared by the asyncio and threading clients, which do the I/O:
 - :class:`RedirectChain` follows the redirects of the opening handshake (301, 302, 303,
   307, 308): it resolves ``Location``, refuses ``wss://`` to ``ws://``, loops and more
   than ``max_redirects`` hops.
+- :func:`retry_after` reads how long a 503 or 429 answer asks the client to wait.
 
 Credentials never appear in messages: URLs are shown through :func:`redact`.
 """
@@ -22,6 +23,8 @@ Credentials never appear in messages: URLs are shown through :func:`redact`.
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import ipaddress
 import os
 import re
@@ -53,6 +56,7 @@ __all__ = [
     "proxy_error_is_temporary",
     "redact",
     "request_headers",
+    "retry_after",
     "select_proxy",
     "socks_error",
     "socks_settings",
@@ -594,3 +598,30 @@ class RedirectChain:
         error = InvalidStatus(response)
         error.args = (msg,)
         return error
+
+
+# ----------------------------------------------------------------------- Retry-After
+
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+
+
+def retry_after(response: Response, now: float) -> float | None:
+    """The seconds ``response`` asks the client to wait before trying again, if it says.
+
+    RFC 9110 10.2.3: ``Retry-After`` is a number of seconds or an HTTP-date; a date in
+    the past means now (0). ``now`` is the current time as :func:`time.time` gives it,
+    for dates. ``None`` when the header is missing or is neither (it is then ignored).
+    """
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP-dates are
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - now)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
+import random as random_module
 import socket
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Generator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ from ..proxy import (
     proxy_error_is_temporary,
     redact,
     request_headers,
+    retry_after,
     select_proxy,
     socks_error,
     socks_settings,
@@ -48,7 +50,15 @@ from ..proxy import (
 from ..uri import WebSocketURI, parse_uri
 from .connection import Connection
 
-__all__ = ["ClientConnection", "WebSocketURI", "connect", "parse_uri", "unix_connect"]
+__all__ = [
+    "Backoff",
+    "ClientConnection",
+    "WebSocketURI",
+    "connect",
+    "parse_uri",
+    "process_exception",
+    "unix_connect",
+]
 
 
 class ClientConnection(Connection):
@@ -124,9 +134,86 @@ def _retryable(exc: BaseException) -> bool:
         return exc.response.status >= 500 or exc.response.status == 429
     if isinstance(exc, InvalidProxy):
         return proxy_error_is_temporary(exc)
+    # A certificate that did not verify (or a name that does not match) stays so: an
+    # ssl.SSLCertVerificationError is an OSError, so this test comes first.
     if isinstance(exc, ssl_module.SSLCertVerificationError):
         return False
     return isinstance(exc, (OSError, asyncio.TimeoutError, InvalidMessage))
+
+
+def process_exception(exc: Exception) -> Exception | None:
+    """The default ``process_exception`` of :class:`connect`: which failures to retry.
+
+    Returns ``None`` (try again, after a delay) for a failure that may be temporary: an
+    :class:`OSError` such as a refused connection or a network error, a
+    :class:`TimeoutError`, an :class:`~tether.InvalidMessage` (a malformed answer, a
+    connection closed during the handshake), an :class:`~tether.InvalidStatus` of 500 or
+    more or 429, an :class:`~tether.InvalidProxy` for a proxy that answered so or could
+    not reach the server. Returns ``exc`` itself (raise it) for the rest: another HTTP
+    status such as 401 or 404, a certificate that did not verify, a failed negotiation.
+
+    A ``process_exception`` of your own may call this one for the cases it leaves alone.
+    """
+    return None if _retryable(exc) else exc
+
+
+def _retry_after(exc: Exception, now: float) -> float | None:
+    """The ``Retry-After`` of the server's (or the proxy's) answer in ``exc``, if any."""
+    if isinstance(exc, InvalidProxy):
+        exc = exc.__cause__ if isinstance(exc.__cause__, InvalidStatus) else exc
+    if not isinstance(exc, InvalidStatus):
+        return None
+    return retry_after(exc.response, now)
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc`` in one line for a log message: its type and its message."""
+    text = str(exc).strip().replace("\n", " ")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _note_time(times: list[float], clock: Callable[[], float], _: object) -> None:
+    """Done callback: append the time to ``times``."""
+    times.append(clock())
+
+
+class Backoff:
+    """Exponential backoff with full jitter: the delays before successive attempts.
+
+    Each delay is random between 0 and a ceiling that starts at ``initial`` and is
+    multiplied by ``factor`` after each delay, up to ``maximum`` ("full jitter": the
+    clients that a server restart disconnected together come back spread out).
+    :meth:`reset` starts again from ``initial``. ``random`` returns a float in
+    [0, 1) (:func:`random.random`); tests pass one of their own.
+    """
+
+    def __init__(self, initial: float = 1.0, factor: float = 1.618, maximum: float = 60.0,
+                 random: Callable[[], float] = random_module.random) -> None:
+        if not initial >= 0:
+            raise ValueError(f"backoff_initial must be >= 0 seconds, not {initial}")
+        if not factor >= 1:
+            raise ValueError(f"backoff_factor must be >= 1, not {factor}")
+        if not maximum >= initial:
+            raise ValueError(f"backoff_max must be >= backoff_initial ({initial}), "
+                             f"not {maximum}")
+        self.initial = initial
+        self.factor = factor
+        self.maximum = maximum
+        self.random = random
+        self.ceiling = initial
+
+    def __iter__(self) -> Backoff:
+        return self
+
+    def __next__(self) -> float:
+        """The next delay, in seconds."""
+        ceiling = self.ceiling
+        self.ceiling = min(ceiling * self.factor, self.maximum)
+        return self.random() * ceiling
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (after a connection that stayed up)."""
+        self.ceiling = self.initial
 
 
 #: Keyword arguments of ``loop.create_connection`` about the TLS layer: they apply to
@@ -139,8 +226,13 @@ class connect:
 
     ``ws = await connect(uri)``, ``async with connect(uri) as ws``, or
     ``async for ws in connect(uri)`` to reconnect after each disconnection, with
-    exponential backoff and full jitter (``backoff_initial`` seconds at first, growing
-    by ``backoff_factor`` up to ``backoff_max``). ``proxy`` is a proxy URL
+    exponential backoff and full jitter: a random delay between 0 and a ceiling that
+    starts at ``backoff_initial`` seconds and grows by ``backoff_factor`` up to
+    ``backoff_max``; a connection that stayed open ``backoff_reset_after`` seconds
+    starts it again from ``backoff_initial``. A failure to connect is retried when
+    ``process_exception(exc)`` returns ``None`` and raised when it returns an exception
+    (see :func:`process_exception`, the default); a ``Retry-After`` header on a 503
+    or 429 answer lengthens the delay, up to ``backoff_max``. ``proxy`` is a proxy URL
     (``http://``, ``https://``, ``socks5://``, ``socks5h://``, ``socks4://``,
     ``socks4a://``), ``True`` for the environment's (``https_proxy``, ``http_proxy``,
     ``all_proxy``, ``no_proxy``), or ``None`` for none; ``proxy_ssl`` is the
@@ -174,6 +266,8 @@ class connect:
         backoff_initial: float = 1.0,
         backoff_factor: float = 1.618,
         backoff_max: float = 60.0,
+        backoff_reset_after: float = 10.0,
+        process_exception: Callable[[Exception], Exception | None] = process_exception,
         **kwargs: Any,
     ) -> None:
         self.uri = uri
@@ -196,9 +290,20 @@ class connect:
         self.compression = compression_settings(compression, client=True)
         self.open_timeout = open_timeout
         self.logger = logger or logging.getLogger("tether.client")
+        Backoff(backoff_initial, backoff_factor, backoff_max)  # checks the values
+        if not backoff_reset_after >= 0:
+            raise ValueError(f"backoff_reset_after must be >= 0 seconds, not "
+                             f"{backoff_reset_after}")
         self.backoff_initial = backoff_initial
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
+        self.backoff_reset_after = backoff_reset_after
+        self.process_exception = process_exception
+        # Seams for the tests of reconnection: how to wait, what time it is (both in
+        # seconds, as asyncio.sleep and time.monotonic), and the jitter in [0, 1).
+        self._sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+        self._clock: Callable[[], float] = time.monotonic
+        self._random: Callable[[], float] = random_module.random
         self._connection_options: dict[str, Any] = {
             "max_size": max_size,
             "max_queue": max_queue,
@@ -390,26 +495,47 @@ class connect:
         return self._reconnect()
 
     async def _reconnect(self) -> AsyncIterator[ClientConnection]:
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_factor, self.backoff_max,
+                          self._random)
         while True:
             try:
                 conn = await self._open()
             except Exception as exc:
-                if not _retryable(exc):
+                error = self.process_exception(exc)
+                if error is exc:
                     raise
-                wait = random.uniform(0, delay)
-                self.logger.info(
-                    "connection to %s failed (%s); retrying in %.1f s", redact(self.uri), exc,
-                    wait,
-                )
-                await asyncio.sleep(wait)
-                delay = min(delay * self.backoff_factor, self.backoff_max)
+                if error is not None:
+                    raise error from exc
+                delay = self._retry_delay(exc, backoff)
+                self.logger.info("connecting to %s failed: %s; retrying in %.1f s",
+                                 redact(self.uri), _describe(exc), delay)
+                await self._sleep(delay)
                 continue
-            delay = self.backoff_initial
+            opened = self._clock()
+            lost: list[float] = []
+            conn.connection_lost_waiter.add_done_callback(
+                functools.partial(_note_time, lost, self._clock)
+            )
             try:
                 yield conn
             finally:
                 await conn.close()
+            uptime = (lost[0] if lost else self._clock()) - opened
+            if uptime >= self.backoff_reset_after:
+                backoff.reset()
+            delay = next(backoff)
+            self.logger.info("connection to %s closed after %.1f s (%s); reconnecting in "
+                             "%.1f s", redact(self.uri), uptime, conn._closed_exc(), delay)
+            await self._sleep(delay)
+
+    def _retry_delay(self, exc: Exception, backoff: Backoff) -> float:
+        """The delay before the next attempt after ``exc``: the backoff's, or longer if
+        the server asked for it with ``Retry-After`` (but no more than ``backoff_max``)."""
+        delay = next(backoff)
+        asked = _retry_after(exc, time.time())
+        if asked is not None:
+            delay = max(delay, min(asked, self.backoff_max))
+        return delay
 
 
 class unix_connect(connect):
