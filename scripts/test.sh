@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, then lint, types, tests.
-#   bash scripts/test.sh                           everything (about 30 minutes)
+#   bash scripts/test.sh                           everything (about 30 minutes on 2 cores)
 #   TETHER_AUTOBAHN_SKIP_DEFLATE=1 bash scripts/test.sh   without Autobahn 12.*/13.*
 #   bash scripts/test.sh tests/protocol            extra arguments go to pytest
 set -euo pipefail
@@ -40,6 +40,6 @@ for version in ${TETHER_OTHER_PYTHONS-3.10 3.13}; do
   [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -e '.[dev]'
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/protocol tests/asyncio tests/sync \
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/protocol tests/asyncio tests/sync tests/both \
     tests/interop/test_websockets.py tests/interop/test_aiohttp.py
 done

@@ -5,9 +5,11 @@ Every test is a plain function that runs a coroutine in a fresh event loop throu
 loop and uvloop). The loop is closed after each test and a test fails if it leaves a
 task running, so a leaked handler or timer task is caught here.
 
-The raw peers speak just enough HTTP and RFC 6455 framing, written here by hand and not
-taken from tether, to behave badly on purpose: never answer a ping, never answer a close
-frame, drop the TCP connection without a close frame, never answer the handshake.
+The raw peers speak just enough HTTP and RFC 6455 framing, written by hand and not taken
+from tether, to behave badly on purpose: never answer a ping, never answer a close frame,
+drop the TCP connection without a close frame, never answer the handshake. Their codec
+and the TLS material come from ``tests/_peers.py``, shared with tests/sync and tests/both;
+the peers here speak it over asyncio streams.
 """
 
 from __future__ import annotations
@@ -15,16 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import os
-import shutil
 import socket
-import ssl
-import struct
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -32,16 +28,38 @@ import pytest
 
 import tether
 
+from .._peers import (
+    GUID,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    TIMEOUT,
+    Frame,
+    TLSFiles,
+    accept_key,
+    close_payload,
+    encode_frame,
+    parse_http_head,
+    read_frame,
+    switching_protocols,
+    tls_files,
+    upgrade_request,
+)
+
+__all__ = [
+    "GUID", "OP_BINARY", "OP_CLOSE", "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "TIMEOUT",
+    "Frame", "RawPeer", "RawServer", "Run", "TLSFiles", "accept_key", "close_payload",
+    "echo", "echo_server", "encode_frame", "http_get", "raw_client", "read_http_head",
+    "tls_files", "uri", "ws_pair",
+]
+
 T = TypeVar("T")
 
-#: Upper bound of any single wait in these tests; nothing should come close to it.
-TIMEOUT = 5.0
 #: Upper bound of a whole test coroutine.
 TEST_TIMEOUT = 20.0
-
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 # ----------------------------------------------------------------------------- loops
@@ -164,53 +182,6 @@ async def ws_pair(
 # ------------------------------------------------------------------ raw RFC 6455 peer
 
 
-def accept_key(key: str) -> str:
-    """RFC 6455 4.2.2: base64(SHA-1(key + GUID))."""
-    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-
-
-def _mask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if n == 0:
-        return b""
-    repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
-
-
-def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool) -> bytes:
-    """One RFC 6455 frame (section 5.2); clients mask, servers don't."""
-    b0 = (0x80 if fin else 0) | opcode
-    mbit = 0x80 if mask else 0
-    n = len(payload)
-    if n < 126:
-        head = bytes([b0, mbit | n])
-    elif n < 2**16:
-        head = bytes([b0, mbit | 126]) + struct.pack("!H", n)
-    else:
-        head = bytes([b0, mbit | 127]) + struct.pack("!Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + _mask(payload, key)
-
-
-def close_payload(code: int, reason: str = "") -> bytes:
-    return struct.pack("!H", code) + reason.encode()
-
-
-@dataclass(frozen=True)
-class Frame:
-    fin: bool
-    opcode: int
-    rsv1: bool
-    payload: bytes
-
-    @property
-    def close_code(self) -> int:
-        assert self.opcode == OP_CLOSE, self
-        return int(struct.unpack("!H", self.payload[:2])[0]) if self.payload else 1005
-
-
 class RawPeer:
     """One end of a WebSocket connection spoken by hand over asyncio streams."""
 
@@ -230,17 +201,14 @@ class RawPeer:
         return await asyncio.wait_for(self._read_frame(), timeout)
 
     async def _read_frame(self) -> Frame:
-        b0, b1 = await self.reader.readexactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        key = await self.reader.readexactly(4) if b1 & 0x80 else None
-        payload = await self.reader.readexactly(n)
-        if key is not None:
-            payload = _mask(payload, key)
-        return Frame(bool(b0 & 0x80), b0 & 0x0F, bool(b0 & 0x40), payload)
+        parser = read_frame()
+        try:
+            wanted = next(parser)
+            while True:
+                wanted = parser.send(await self.reader.readexactly(wanted))
+        except StopIteration as done:
+            frame: Frame = done.value
+            return frame
 
     async def recv_until(self, opcode: int, timeout: float = TIMEOUT) -> list[Frame]:
         """Read frames until one with ``opcode``; return them all, that one last."""
@@ -296,13 +264,7 @@ class _deadline:
 async def read_http_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
     """Read an HTTP head; return its first line and its headers (lower-case names)."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-    first, *lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    return first, headers
+    return parse_http_head(head)
 
 
 async def http_get(port: int, path: str, headers: str = "") -> tuple[int, dict[str, str], bytes]:
@@ -325,13 +287,7 @@ async def raw_client(port: int, path: str = "/", extra_headers: str = "") -> Raw
     """Open a WebSocket connection to a server on 127.0.0.1 with a hand-written handshake."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-        ).encode()
-    )
+    writer.write(upgrade_request(port, path, key, extra_headers))
     first, headers = await read_http_head(reader)
     assert first.split()[1] == "101", first
     assert headers["sec-websocket-accept"] == accept_key(key)
@@ -374,16 +330,8 @@ class RawServer:
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             self.requests.append((first, headers))
-            extra = f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n" if self.subprotocol else ""
             accept = self.accept or accept_key(headers["sec-websocket-key"])
-            writer.write(
-                (
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    "Connection: Upgrade\r\n"
-                    f"Sec-WebSocket-Accept: {accept}\r\n"
-                    f"{extra}\r\n"
-                ).encode()
-            )
+            writer.write(switching_protocols(accept, subprotocol=self.subprotocol or None))
         await self.peers.put(RawPeer(reader, writer, client=False))
         await self._done.wait()
 
@@ -405,59 +353,7 @@ class RawServer:
         await asyncio.wait_for(self._server.wait_closed(), TIMEOUT)
 
 
-# ------------------------------------------------------------------------------- TLS
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    cert: Path
-    key: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.cert, self.key)
-        return ctx
-
-    def client_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        ctx.load_verify_locations(self.cert)
-        return ctx
-
-
-@pytest.fixture(scope="session")
-def tls_files() -> Iterator[TLSFiles]:
-    """A self-signed certificate for localhost and 127.0.0.1, made by the openssl CLI."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    with tempfile.TemporaryDirectory(prefix="tether-tls-") as tmp:
-        cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-        subprocess.run(
-            [
-                openssl,
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        yield TLSFiles(cert, key)
+# ----------------------------------------------------------------------- Unix sockets
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
     python tests/autobahn/run.py [--side server|client|both] [--cases '*']
                                  [--exclude '12.*,13.*'] [--outdir .autobahn]
-                                 [--impl tether|websockets] [--layer asyncio|sync]
-                                 [--compression none|deflate]
+                                 [--impl tether|websockets] [--layer asyncio|sync|both]
+                                 [--compression none|deflate] [--jobs 1]
 
 Server side: starts echo_server.py on a free port and points ``wstest -m fuzzingclient`` at
 it. Client side: starts ``wstest -m fuzzingserver -u 0`` on a free port and runs
@@ -13,7 +13,7 @@ FAILED, UNIMPLEMENTED, missing) is a failure, listed with the case's description
 expected and what was observed. Exit status 0 only if every case of every side passed.
 ``--layer sync`` tests the threading layer (``tether.sync``) instead of the asyncio one: its
 reports go to ``.autobahn/sync/`` (unless ``--outdir`` is given), under the agent name
-``tether-sync``.
+``tether-sync``. ``--jobs N`` runs N of the selected runs (sides x layers) at a time.
 
 Install wstest first: ``bash .ci/install-autobahn.sh``. Every subprocess runs in its own
 process group and is killed on exit; every wait is bounded (``--timeout``).
@@ -30,8 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +49,9 @@ DEFAULT_EXCLUDE = ("12.*", "13.*")  # permessage-deflate: ~10 more minutes a sid
 DEFAULT_VENV = Path.home() / ".cache" / "tether" / "autobahn-py27"
 STARTUP_TIMEOUT = 60.0  # seconds for a peer or wstest to listen
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+POLL = 0.5  # seconds between checks of the cancel flag while waiting for a subprocess
+# Set by cancel_runs(): every run in progress stops waiting, and its subprocesses are killed.
+_cancelled = threading.Event()
 
 
 class HarnessError(Exception):
@@ -243,6 +248,8 @@ def wait_for_port(child: Child, port: int, timeout: float) -> None:
                 return
         except OSError:
             pass
+        if _cancelled.is_set():
+            raise HarnessError(f"{child.name}: the run was cancelled")
         if time.monotonic() >= deadline:
             raise HarnessError(
                 f"{child.name} did not listen on {HOST}:{port} within {timeout:.0f} s; "
@@ -257,13 +264,25 @@ def wait_for_port(child: Child, port: int, timeout: float) -> None:
 
 
 def wait_child(child: Child, deadline: float, what: str) -> int:
-    try:
-        return child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        raise HarnessError(
-            f"{what} did not finish within the overall timeout; "
-            f"last lines of {child.log}:\n{tail(child.log)}"
-        ) from None
+    """Wait for ``child`` to exit, until ``deadline`` or until :func:`cancel_runs`."""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return child.proc.wait(timeout=max(0.0, min(left, POLL)))
+        except subprocess.TimeoutExpired:
+            pass
+        if _cancelled.is_set():
+            raise HarnessError(f"{what}: the run was cancelled")
+        if left <= POLL:
+            raise HarnessError(
+                f"{what} did not finish within the overall timeout; "
+                f"last lines of {child.log}:\n{tail(child.log)}"
+            )
+
+
+def cancel_runs() -> None:
+    """Make every run in progress (in other threads) stop and kill its subprocesses."""
+    _cancelled.set()
 
 
 @contextmanager
@@ -644,6 +663,24 @@ def run_side(side: str, opts: Options) -> SideReport:
     return report
 
 
+def run_concurrently(runs: Sequence[tuple[str, Options]], jobs: int) -> list[Future[SideReport]]:
+    """Start ``runs`` (side, options) in background threads, ``jobs`` at a time, in order.
+
+    wstest is a single-threaded Python 2 process that uses most of a core while the echo
+    peer under test uses a fifth of one, so runs scale with the cores until there are
+    about as many as cores. Each run has its own ports and output directory (give runs of
+    the same side distinct ``outdir``). The futures give the reports; a run that could not
+    start raises its :class:`HarnessError` from ``result()``. Call :func:`cancel_runs` to
+    stop them early (their subprocesses are killed within about ``POLL`` seconds).
+    """
+    _cancelled.clear()
+    pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="autobahn")
+    try:
+        return [pool.submit(run_side, side, opts) for side, opts in runs]
+    finally:
+        pool.shutdown(wait=False)  # the threads end with their runs
+
+
 def format_report(report: SideReport) -> str:
     parts = []
     if report.error:
@@ -690,9 +727,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--impl", choices=("tether", "websockets"), default="tether")
     parser.add_argument(
         "--layer",
-        choices=LAYERS,
+        choices=(*LAYERS, "both"),
         default="asyncio",
-        help="the peers' layer: asyncio (default) or sync (tether.sync, threads)",
+        help="the peers' layer: asyncio (default), sync (tether.sync, threads), or both",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs (sides x layers) at a time (default 1; about the number of cores helps)",
     )
     parser.add_argument("--compression", choices=("none", "deflate"), default="none")
     parser.add_argument(
@@ -713,32 +756,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    opts = Options(
-        cases=split_patterns(args.cases),
-        exclude=split_patterns(args.exclude),
-        outdir=args.outdir,
-        impl=args.impl,
-        compression=args.compression,
-        agent=args.agent,
-        layer=args.layer,
-        timeout=args.timeout,
-        case_timeout=args.case_timeout,
-        python=args.python,
-        wstest=args.wstest,
-    )
     sides = SIDES if args.side == "both" else (args.side,)
+    layers = LAYERS if args.layer == "both" else (args.layer,)
+    runs = []
+    for layer in layers:
+        outdir = args.outdir
+        if outdir is not None and len(layers) > 1 and layer != "asyncio":
+            outdir = outdir / layer
+        opts = Options(
+            cases=split_patterns(args.cases),
+            exclude=split_patterns(args.exclude),
+            outdir=outdir,
+            impl=args.impl,
+            compression=args.compression,
+            agent=args.agent,
+            layer=layer,
+            timeout=args.timeout,
+            case_timeout=args.case_timeout,
+            python=args.python,
+            wstest=args.wstest,
+        )
+        runs += [(side, opts) for side in sides]
+    started = time.monotonic()
     reports: list[SideReport] = []
     with signals_as_exit():
-        for side in sides:
-            try:
-                report = run_side(side, opts)
-            except HarnessError as exc:
-                print(f"autobahn {side}: {exc}", file=sys.stderr)
-                return 2
-            print(format_report(report), flush=True)
-            reports.append(report)
+        futures = run_concurrently(runs, args.jobs)
+        try:
+            for (side, _), future in zip(runs, futures, strict=True):
+                try:
+                    report = future.result()
+                except HarnessError as exc:
+                    print(f"autobahn {side}: {exc}", file=sys.stderr)
+                    return 2
+                print(format_report(report), flush=True)
+                reports.append(report)
+        finally:
+            # Nothing is left to stop unless we are leaving early (an error, Ctrl-C).
+            for future in futures:
+                future.cancel()
+            cancel_runs()
+            wait(futures, timeout=STOP_TIMEOUT + STARTUP_TIMEOUT)
     if len(reports) > 1:
         print("\n".join(r.summary_line() for r in reports))
+        print(f"autobahn: {len(reports)} runs, {args.jobs} at a time: "
+              f"{time.monotonic() - started:.1f} s")
     return 0 if all(r.ok for r in reports) else 1
 
 

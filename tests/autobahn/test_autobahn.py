@@ -11,6 +11,15 @@ Which cases run is set by the constants below, or for one run by the environment
 TETHER_AUTOBAHN_CASES, TETHER_AUTOBAHN_EXCLUDE (comma-separated wstest patterns; an empty
 TETHER_AUTOBAHN_EXCLUDE runs the compression cases too), TETHER_AUTOBAHN_COMPRESSION
 (none|deflate); they apply to test_autobahn and test_autobahn_sync alike.
+TETHER_AUTOBAHN_DEFLATE_CASES does the same for the deflate tests (say, '12.1.1,13.1.1' to
+check the harness in a few seconds).
+
+The permessage-deflate runs (test_autobahn_deflate and test_autobahn_sync_deflate, both
+sides: four runs of 7-12 minutes) start together when the first of them runs, in
+background threads, TETHER_AUTOBAHN_JOBS at a time (default: the number of CPUs, at most
+4); each test then waits for its own run's report. wstest is the bottleneck (a Python 2
+process using most of a core, the peer under test a fifth of one), so on 2 cores two at a
+time take about half as long as one after the other (timings in README.md).
 """
 
 from __future__ import annotations
@@ -18,8 +27,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, wait
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -32,6 +44,18 @@ CASES = ("*",)
 EXCLUDE = ("12.*", "13.*")
 COMPRESSION = "none"
 DEFLATE_CASES = ("12.*", "13.*")
+# The deflate tests: name → (layer, the output directory under .autobahn/).
+DEFLATE_TESTS = {
+    "test_autobahn_deflate": ("asyncio", "pytest-deflate"),
+    "test_autobahn_sync_deflate": ("sync", "pytest-sync-deflate"),
+}
+# Each deflate test waits at most this long for its run (which may start only once
+# other runs are done): pytest's own limit for the test, a little above it.
+DEFLATE_WAIT = 2 * 2400.0
+skip_deflate = pytest.mark.skipif(
+    os.environ.get("TETHER_AUTOBAHN_SKIP_DEFLATE") == "1",
+    reason="TETHER_AUTOBAHN_SKIP_DEFLATE=1",
+)
 
 
 def _load_runner() -> ModuleType:
@@ -80,14 +104,42 @@ def test_autobahn(side: str) -> None:
     _run(side, cases, exclude, compression, "pytest")
 
 
+@pytest.fixture(scope="module")
+def deflate_runs(request: pytest.FixtureRequest) -> Iterator[dict[tuple[str, str], Future[Any]]]:
+    """Start every selected deflate run at once (see the module's docstring); yield the
+    futures of their reports by (test name, side); stop what is left at the end."""
+    wstest = require_wstest()
+    runs = []
+    for item in request.session.items:
+        name = getattr(item, "originalname", None)
+        if name in DEFLATE_TESTS:  # selected (-k, -m) and not skipped, as we are here
+            side = item.callspec.params["side"]  # type: ignore[attr-defined]
+            layer, out = DEFLATE_TESTS[name]
+            cases = _patterns("TETHER_AUTOBAHN_DEFLATE_CASES", DEFLATE_CASES)
+            opts = _options(cases, [], "deflate", out, layer, wstest)
+            runs.append(((name, side), (side, opts)))
+    # The threading layer's runs first: they were the slowest.
+    runs.sort(key=lambda run: run[1][1].layer != "sync")
+    jobs = int(os.environ.get("TETHER_AUTOBAHN_JOBS") or min(4, os.cpu_count() or 1))
+    futures = runner.run_concurrently([run for _, run in runs], jobs)
+    try:
+        yield {key: future for (key, _), future in zip(runs, futures, strict=True)}
+    finally:
+        for future in futures:
+            future.cancel()
+        runner.cancel_runs()
+        wait(futures, timeout=runner.STOP_TIMEOUT + runner.STARTUP_TIMEOUT)
+
+
 @pytest.mark.autobahn
-@pytest.mark.timeout(2700)
+@pytest.mark.timeout(DEFLATE_WAIT + 60)
+@skip_deflate
 @pytest.mark.parametrize("side", ["server", "client"])
-def test_autobahn_deflate(side: str) -> None:
+def test_autobahn_deflate(
+    side: str, deflate_runs: dict[tuple[str, str], Future[Any]]
+) -> None:
     """Cases 12.* and 13.*: permessage-deflate with every parameter combination."""
-    if os.environ.get("TETHER_AUTOBAHN_SKIP_DEFLATE") == "1":
-        pytest.skip("TETHER_AUTOBAHN_SKIP_DEFLATE=1")
-    _run(side, list(DEFLATE_CASES), [], "deflate", "pytest-deflate")
+    _check(deflate_runs[("test_autobahn_deflate", side)])
 
 
 @pytest.mark.autobahn
@@ -102,32 +154,27 @@ def test_autobahn_sync(side: str) -> None:
 
 
 @pytest.mark.autobahn
-@pytest.mark.timeout(2700)
+@pytest.mark.timeout(DEFLATE_WAIT + 60)
+@skip_deflate
 @pytest.mark.parametrize("side", ["server", "client"])
-def test_autobahn_sync_deflate(side: str) -> None:
-    """test_autobahn_deflate against tether.sync: cases 12.* and 13.*.
-
-    Opt-in for now (TETHER_AUTOBAHN_SYNC_DEFLATE=1): it adds ~25 minutes, which would
-    take CI past its time budget with the asyncio deflate run. All 216 cases passed on
-    both sides when last run by hand.
-    """
-    if os.environ.get("TETHER_AUTOBAHN_SKIP_DEFLATE") == "1":
-        pytest.skip("TETHER_AUTOBAHN_SKIP_DEFLATE=1")
-    if os.environ.get("TETHER_AUTOBAHN_SYNC_DEFLATE") != "1":
-        pytest.skip("set TETHER_AUTOBAHN_SYNC_DEFLATE=1 to run (about 25 minutes)")
-    _run(side, list(DEFLATE_CASES), [], "deflate", "pytest-sync-deflate", layer="sync")
-
-
-def _run(
-    side: str,
-    cases: list[str],
-    exclude: list[str],
-    compression: str,
-    out: str,
-    layer: str = "asyncio",
+def test_autobahn_sync_deflate(
+    side: str, deflate_runs: dict[tuple[str, str], Future[Any]]
 ) -> None:
-    wstest = require_wstest()
-    opts = runner.Options(
+    """test_autobahn_deflate against tether.sync: cases 12.* and 13.*."""
+    _check(deflate_runs[("test_autobahn_sync_deflate", side)])
+
+
+def _check(future: Future[Any]) -> None:
+    report = future.result(timeout=DEFLATE_WAIT)
+    print(report.summary_line())
+    assert report.ok, runner.format_report(report)
+
+
+def _options(
+    cases: list[str], exclude: list[str], compression: str, out: str, layer: str,
+    wstest: Path,
+) -> Any:
+    return runner.Options(
         cases=cases,
         exclude=exclude,
         outdir=runner.REPO / ".autobahn" / out,
@@ -141,6 +188,17 @@ def _run(
         python=sys.executable,
         wstest=str(wstest),
     )
+
+
+def _run(
+    side: str,
+    cases: list[str],
+    exclude: list[str],
+    compression: str,
+    out: str,
+    layer: str = "asyncio",
+) -> None:
+    opts = _options(cases, exclude, compression, out, layer, require_wstest())
     report = runner.run_side(side, opts)
     print(report.summary_line())
     assert report.ok, runner.format_report(report)

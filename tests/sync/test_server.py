@@ -6,16 +6,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,6 @@ from .conftest import (
     Background,
     TLSFiles,
     echo,
-    http_get,
     raw_client,
     read_http_head,
     running,
@@ -40,33 +36,6 @@ from .conftest import (
 )
 
 # ---------------------------------------------------------------------------- handler
-
-
-def test_handler_return_closes_with_1000() -> None:
-    def handler(ws: ServerConnection) -> None:
-        ws.send("bye")
-
-    with sync_server(handler) as server, connect(uri(server)) as ws:
-        assert ws.recv(timeout=TIMEOUT) == "bye"
-        with pytest.raises(tether.ConnectionClosedOK) as info:
-            ws.recv(timeout=TIMEOUT)
-        assert info.value.code == 1000
-
-
-def test_handler_exception_closes_with_1011_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    def handler(ws: ServerConnection) -> None:
-        raise ZeroDivisionError("handler bug")
-
-    with sync_server(handler) as server, connect(uri(server)) as ws:
-        with pytest.raises(tether.ConnectionClosedError) as info:
-            ws.recv(timeout=TIMEOUT)
-        assert info.value.code == 1011
-    errors = [r for r in caplog.records
-              if r.name == "tether.server" and r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert "connection handler failed" in errors[0].getMessage()
-    assert errors[0].exc_info is not None
-    assert errors[0].exc_info[0] is ZeroDivisionError
 
 
 def test_handler_runs_in_a_thread_per_connection() -> None:
@@ -106,51 +75,6 @@ def test_peer_going_away_in_the_handler_is_not_an_error(
 # ---------------------------------------------------------------- opening handshake
 
 
-def test_process_request_health_check_on_the_same_port() -> None:
-    def process_request(conn: ServerConnection, request: tether.Request
-                        ) -> tether.Response | None:
-        if request.path == "/healthz":
-            return conn.respond(200, "OK\n")
-        return None
-
-    with sync_server(process_request=process_request) as server:
-        status, headers, body = http_get(server.port, "/healthz")
-        assert (status, body) == (200, b"OK\n")
-        assert headers["content-type"] == "text/plain; charset=utf-8"
-        with connect(uri(server, "/chat")) as ws:
-            ws.send("still a WebSocket server")
-            assert ws.recv(timeout=TIMEOUT) == "still a WebSocket server"
-
-
-def test_process_request_rejects_with_401() -> None:
-    def process_request(conn: ServerConnection, request: tether.Request
-                        ) -> tether.Response | None:
-        if request.headers.get("Authorization") != "Bearer sesame":
-            return conn.respond(401, "token required\n")
-        return None
-
-    with sync_server(process_request=process_request) as server:
-        with pytest.raises(tether.InvalidStatus) as info:
-            connect(uri(server))
-        assert info.value.response.status == 401
-        assert info.value.response.body == b"token required\n"
-        with connect(uri(server), additional_headers={"Authorization": "Bearer sesame"}):
-            pass
-
-
-def test_process_response_changes_the_response() -> None:
-    def process_response(conn: ServerConnection, request: tether.Request,
-                         response: tether.Response) -> tether.Response | None:
-        response.headers["X-Served-By"] = "sync"
-        return None
-
-    with sync_server(process_response=process_response) as server, connect(
-        uri(server)
-    ) as ws:
-        assert ws.response is not None
-        assert ws.response.headers["X-Served-By"] == "sync"
-
-
 def test_async_process_request_is_a_500(caplog: pytest.LogCaptureFixture) -> None:
     async def process_request(conn: ServerConnection, request: tether.Request) -> None:
         return None
@@ -172,87 +96,6 @@ def test_process_request_exception_is_a_500(caplog: pytest.LogCaptureFixture) ->
             connect(uri(server))
         assert info.value.response.status == 500
     assert any("opening handshake failed" in r.getMessage() for r in caplog.records)
-
-
-@pytest.mark.parametrize(
-    ("origin", "allowed"),
-    [
-        ("https://good.example", True),
-        ("https://evil.example", False),
-        (None, True),
-    ],
-)
-def test_origins(origin: str | None, allowed: bool) -> None:
-    with sync_server(origins=["https://good.example", None]) as server:
-        if allowed:
-            with connect(uri(server), origin=origin):
-                pass
-        else:
-            with pytest.raises(tether.InvalidStatus) as info:
-                connect(uri(server), origin=origin)
-            assert info.value.response.status == 403
-            assert b"origin not allowed: https://evil.example" in info.value.response.body
-
-
-def test_missing_origin_refused_when_not_listed() -> None:
-    with sync_server(origins=["https://good.example"]) as server:
-        with pytest.raises(tether.InvalidStatus) as info:
-            connect(uri(server))
-        assert info.value.response.status == 403
-
-
-def test_subprotocols() -> None:
-    chosen: queue.Queue[str | None] = queue.Queue()
-
-    def handler(ws: ServerConnection) -> None:
-        chosen.put(ws.subprotocol)
-
-    with sync_server(handler, subprotocols=["chat", "superchat"]) as server:
-        with connect(uri(server), subprotocols=["superchat", "other"]) as ws:
-            assert ws.subprotocol == "superchat"
-        assert chosen.get(timeout=TIMEOUT) == "superchat"
-        with connect(uri(server), subprotocols=["unknown"]) as ws:
-            assert ws.subprotocol is None
-        with connect(uri(server)) as ws:
-            assert ws.subprotocol is None
-
-
-def test_select_subprotocol() -> None:
-    seen: queue.Queue[tuple[ServerConnection, list[str]]] = queue.Queue()
-
-    def select(conn: ServerConnection, offered: Sequence[str]) -> str | None:
-        seen.put((conn, list(offered)))
-        return offered[-1] if offered else None
-
-    with sync_server(select_subprotocol=select) as server, connect(
-        uri(server), subprotocols=["a", "b"]
-    ) as ws:
-        assert ws.subprotocol == "b"
-        conn, offered = seen.get(timeout=TIMEOUT)
-        assert isinstance(conn, ServerConnection)
-        assert offered == ["a", "b"]
-
-
-@pytest.mark.parametrize("server_compression", ["deflate", None])
-@pytest.mark.parametrize("client_compression", ["deflate", None])
-def test_compression_negotiation(server_compression: str | None,
-                                 client_compression: str | None) -> None:
-    with sync_server(compression=server_compression) as server, connect(
-        uri(server), compression=client_compression
-    ) as ws:
-        assert ws.response is not None
-        negotiated = "Sec-WebSocket-Extensions" in ws.response.headers
-        assert negotiated == (server_compression is not None and client_compression is not None)
-        ws.send("a" * 10_000)
-        assert ws.recv(timeout=TIMEOUT) == "a" * 10_000
-
-
-def test_plain_http_get_is_426() -> None:
-    with sync_server() as server:
-        status, headers, body = http_get(server.port, "/")
-        assert status == 426
-        assert headers["upgrade"] == "websocket"
-        assert b"You need a WebSocket client" in body
 
 
 def test_malformed_request_is_400() -> None:
@@ -412,25 +255,14 @@ def test_unix_socket(tmp_path: Path) -> None:
     assert not os.path.exists(path)
 
 
-def test_tls(tls_files: TLSFiles) -> None:
-    with sync_server(ssl=tls_files.server_context()) as server:
-        with connect(uri(server, scheme="wss"), ssl=tls_files.client_context()) as ws:
-            assert ws.ssl_object is not None
-            assert ws.ssl_object.version() in ("TLSv1.2", "TLSv1.3")
-            messages: list[str | bytes] = ["over TLS", b"\x00" * 300_000, "é" * 100_000]
-            for message in messages:
-                ws.send(message)
-                assert ws.recv(timeout=TIMEOUT) == message
-            assert ws.ping().result(TIMEOUT) > 0
-        # wss:// verifies by default: the self-signed certificate is refused.
-        with pytest.raises(ssl.SSLCertVerificationError):
-            connect(uri(server, scheme="wss"))
-        # The name checked is the host's, unless server_hostname says otherwise.
-        with pytest.raises(ssl.SSLCertVerificationError):
-            connect(uri(server, scheme="wss"), ssl=tls_files.client_context(),
-                    server_hostname="not-the-name.example")
-        with connect(f"wss://localhost:{server.port}/", ssl=tls_files.client_context()):
-            pass
+def test_tls_session(tls_files: TLSFiles) -> None:
+    """ssl_object is the session with the server (messages over TLS: tests/both)."""
+    with sync_server(ssl=tls_files.server_context()) as server, connect(
+        uri(server, scheme="wss"), ssl=tls_files.client_context()
+    ) as ws:
+        assert ws.ssl_object is not None
+        assert ws.ssl_object.version() in ("TLSv1.2", "TLSv1.3")
+        assert ws.ssl_object.server_hostname == HOST
 
 
 def test_tls_concurrent_send_and_recv(tls_files: TLSFiles) -> None:

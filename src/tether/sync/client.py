@@ -9,8 +9,8 @@ The URI is parsed by :func:`tether.uri.parse_uri` and proxies and redirects are
 decided by :mod:`tether.proxy`, so both layers accept and refuse the same things.
 
 TLS inside TLS (``wss://`` through an ``https://`` proxy) stacks two
-:class:`ssl.SSLObject`: :class:`_TLSInTLSTransport` sends its records through the
-proxy's :class:`~tether.sync.connection._TLSTransport` instead of the socket.
+:class:`~tether.sync.transport.TLSTransport`: the server's sends its records through the
+proxy's instead of the socket.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ from ..proxy import (
     socks_settings,
 )
 from ..uri import WebSocketURI, parse_uri
-from .connection import RECV_SIZE, TLS_CHUNK, Connection, _remaining, _TLSTransport, _Transport
+from .connection import Connection
+from .transport import SocketTransport, TLSTransport, Transport, TunnelTransport
+from .transport import remaining as _remaining
 
 __all__ = ["ClientConnection", "connect", "unix_connect"]
 
@@ -62,7 +64,7 @@ class ClientConnection(Connection):
         self._compression = compression
         self.request = handshake.request
 
-    def _use_transport(self, transport: _Transport) -> None:
+    def _use_transport(self, transport: Transport) -> None:
         """Speak through ``transport`` (a proxy's TLS tunnel) instead of the socket."""
         self._transport = transport
 
@@ -85,103 +87,11 @@ class ClientConnection(Connection):
         self._open_protocol(handshake.trailing_data, codec)
 
 
-# ------------------------------------------------------------------ TLS through a proxy
-
-
-class _TunnelTransport(_Transport):
-    """A ``ws://`` connection through the TLS connection to an ``https://`` proxy.
-
-    Not a :class:`_TLSTransport`, so that ``ssl_object`` stays ``None``: the TLS is the
-    proxy's, not the server's.
-    """
-
-    tls = True  # reads may make TLS records to write: the connection flushes them
-
-    def __init__(self, inner: _TLSTransport) -> None:
-        super().__init__(inner.sock)
-        self._inner = inner
-
-    def recv(self) -> bytes:
-        return self._inner.recv()
-
-    def send(self, data: bytes) -> None:
-        self._inner.send(data)
-
-    def has_output(self) -> bool:
-        return self._inner.has_output()
-
-    def flush(self) -> None:
-        self._inner.flush()
-
-    def shutdown_write(self) -> None:
-        self._inner.shutdown_write()
-
-
-class _TLSInTLSTransport(_TLSTransport):
-    """TLS with the server inside the TLS connection to an ``https://`` proxy: the
-    records go through ``inner`` rather than straight to the socket."""
-
-    def __init__(self, inner: _TLSTransport, context: ssl_module.SSLContext,
-                 server_hostname: str | None) -> None:
-        super().__init__(inner.sock, context, server_side=False, server_hostname=server_hostname)
-        self._inner = inner
-
-    def handshake(self, deadline: float | None) -> None:
-        while not self._handshake_step():
-            self.sock.settimeout(_remaining(deadline))
-            self.flush()
-            self._feed(self._inner.recv())
-        self.sock.settimeout(_remaining(deadline))
-        self.flush()
-
-    def recv(self) -> bytes:
-        while True:
-            with self._lock:
-                try:
-                    return self.ssl_object.read(RECV_SIZE)
-                except ssl_module.SSLWantReadError:
-                    pass
-                except (ssl_module.SSLZeroReturnError, ssl_module.SSLEOFError):
-                    return b""
-            self._feed(self._inner.recv())
-
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        for start in range(0, len(view), TLS_CHUNK):
-            with self._lock:
-                self.ssl_object.write(view[start : start + TLS_CHUNK])
-                records = self._outgoing.read()
-            self._inner.send(records)
-
-    def has_output(self) -> bool:
-        with self._lock:
-            pending = self._outgoing.pending > 0
-        return pending or self._inner.has_output()
-
-    def flush(self) -> None:
-        with self._lock:
-            records = self._outgoing.read()
-        if records:
-            self._inner.send(records)
-        self._inner.flush()
-
-    def shutdown_write(self) -> None:
-        with self._lock:
-            try:
-                self.ssl_object.unwrap()
-            except ssl_module.SSLError:
-                pass  # SSLWantReadError: the peer's close_notify has not come yet
-            records = self._outgoing.read()
-        if records:
-            self._inner.send(records)
-        self._inner.shutdown_write()
-
-
 # ------------------------------------------------------------------------------ opening
 
 #: What an opener returns: the socket, and the transport to use instead of it (the
 #: TLS connection to an ``https://`` proxy), if any.
-_Stream = tuple[socket.socket, "_TLSTransport | None"]
+_Stream = tuple[socket.socket, "TLSTransport | None"]
 _Opener = Callable[[WebSocketURI, "float | None"], _Stream]
 
 
@@ -394,7 +304,7 @@ def _connect(
 ) -> ClientConnection:
     """One connection: TCP (through a proxy, maybe), TLS for wss://, the handshake."""
     sock: socket.socket | None = None
-    tunnel: _TLSTransport | None = None
+    tunnel: TLSTransport | None = None
     try:
         sock, tunnel = open_stream(wsuri, deadline)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -406,13 +316,14 @@ def _connect(
             conn._start_tls(context or ssl_module.create_default_context(), server_side=False,
                             server_hostname=server_hostname, deadline=deadline)
         elif tunnel is not None and tls:
-            transport = _TLSInTLSTransport(
-                tunnel, context or ssl_module.create_default_context(), server_hostname
+            transport = TLSTransport(
+                tunnel, context or ssl_module.create_default_context(), server_side=False,
+                server_hostname=server_hostname,
             )
             conn._use_transport(transport)
             transport.handshake(deadline)
         elif tunnel is not None:
-            conn._use_transport(_TunnelTransport(tunnel))
+            conn._use_transport(TunnelTransport(tunnel))
         conn._open_handshake(deadline)
     except TimeoutError as exc:
         if sock is not None:
@@ -449,10 +360,10 @@ def _open_through_proxy(
     sock = socket.create_connection((proxy.host, proxy.port), timeout=_remaining(deadline),
                                     **kwargs)
     try:
-        transport: _Transport = _Transport(sock)
-        tunnel: _TLSTransport | None = None
+        transport: Transport = SocketTransport(sock)
+        tunnel: TLSTransport | None = None
         if proxy.tls:
-            tunnel = _TLSTransport(sock, proxy_ssl or ssl_module.create_default_context(),
+            tunnel = TLSTransport(transport, proxy_ssl or ssl_module.create_default_context(),
                                    server_side=False, server_hostname=proxy.host)
             tunnel.handshake(deadline)
             transport = tunnel

@@ -8,6 +8,16 @@ Strategy. An open connection has two background threads and no event loop:
   returns it, so a ``recv`` that times out loses nothing. The reader stops reading
   while ``max_queue`` messages wait (TCP then pushes back on the peer) and resumes when
   ``recv`` has brought them down to a quarter of that.
+- the *read role*: one thread at a time reads the socket (``_reader``). Handing every
+  message from the reader to the thread in ``recv`` costs two thread wake-ups per
+  message, more than the rest of a small round trip. So over a plain socket (not TLS;
+  POSIX, for :func:`select.poll`) a ``recv`` that finds nothing buffered and nobody
+  reading reads the socket itself, for up to ``DIRECT_WAIT`` seconds; and the reader,
+  once it has handed a message to a waiting ``recv``, stands by while the application
+  keeps receiving (it checks every ``STANDBY`` seconds). It reads again when ``recv``
+  waits for it, when nobody called ``recv`` for ``STANDBY`` seconds, and at once while
+  a ping awaits its pong or the connection is closing: pings and close frames get
+  answered whether or not the application reads.
 - the *timer* owns every deadline: keepalive pings, their ``ping_timeout``, the grace
   period of a failure's close frame (``FAIL_GRACE``), and the ``close_timeout`` after
   which the TCP connection is aborted.
@@ -21,16 +31,18 @@ socket's send buffer is the write limit. Frames made by the reader and the timer
 written by whichever thread holds ``_send_lock`` or takes it next, so none of those
 waits behind a ``send`` blocked on a peer that does not read.
 
-TLS goes through an :class:`ssl.SSLObject` on memory BIOs under a lock of its own:
-OpenSSL does not allow one connection to be read and written from two threads at
-once, so an :class:`ssl.SSLSocket` cannot be shared by the reader and a sender.
+Bytes come and go through a :class:`~tether.sync.transport.Transport` (a socket, TLS
+over it, TLS through a proxy's TLS): see :mod:`tether.sync.transport` for why TLS is an
+:class:`ssl.SSLObject` under a lock rather than an :class:`ssl.SSLSocket`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
+import select
 import socket
 import ssl as ssl_module
 import sys
@@ -50,6 +62,7 @@ from ..exceptions import (
 from ..protocol.connection import Codec, Pong, Protocol, Side, State
 from ..protocol.frames import Close
 from ..protocol.http import Request, Response
+from .transport import SocketTransport, TLSTransport, Transport
 
 __all__ = ["Connection", "Data", "PongWaiter"]
 
@@ -59,10 +72,10 @@ BytesLike = bytes | bytearray | memoryview
 #: Seconds a failure's close frame waits for the application to read the messages
 #: that arrived before the offending frame (see ``Protocol._fail``); as in asyncio.
 FAIL_GRACE = 1.0
-#: Bytes asked of the socket per read.
-RECV_SIZE = 2**16
-#: Plaintext bytes encrypted per step when sending over TLS.
-TLS_CHUNK = 2**16
+#: Seconds a ``recv`` reads the socket itself before waiting for the reader thread.
+DIRECT_WAIT = 0.05
+#: Seconds after the last ``recv`` during which the reader thread stands by.
+STANDBY = 0.05
 _DEBUG = logging.DEBUG
 # The connection's clock: round trips and deadlines. Fine-grained everywhere
 # (time.monotonic has 15 ms steps on Windows).
@@ -79,16 +92,6 @@ def _slice(timeout: float | None) -> float | None:
     return _SLICE if timeout is None else min(timeout, _SLICE)
 
 
-def _remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (``None``: no deadline); raise once it passed."""
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("timed out")
-    return left
-
-
 def _wait_event(event: threading.Event, timeout: float | None) -> bool:
     """``event.wait(timeout)``, interruptible by Ctrl-C everywhere."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -98,133 +101,6 @@ def _wait_event(event: threading.Event, timeout: float | None) -> bool:
             return event.is_set()
         if event.wait(_slice(left)):
             return True
-
-
-# ------------------------------------------------------------------------ transports
-
-
-class _Transport:
-    """Bytes over a connected socket (TCP or Unix)."""
-
-    tls = False
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def recv(self) -> bytes:
-        """Block until bytes arrive; ``b""`` at the end of the stream."""
-        return self.sock.recv(RECV_SIZE)
-
-    def send(self, data: bytes) -> None:
-        """Block until the kernel has taken ``data``. Call with the send lock held."""
-        self.sock.sendall(data)
-
-    def has_output(self) -> bool:
-        """Tell whether bytes are waiting to be written (TLS records made by reads)."""
-        return False
-
-    def flush(self) -> None:
-        """Write what :meth:`has_output` reports. Call with the send lock held."""
-
-    def shutdown_write(self) -> None:
-        """Half-close: send the end of the stream, keep reading."""
-        self.sock.shutdown(socket.SHUT_WR)
-
-    def abort(self) -> None:
-        """End both directions now; a thread blocked in ``recv`` or ``send`` returns."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        """Release the socket."""
-        self.sock.close()
-
-
-class _TLSTransport(_Transport):
-    """TLS over a socket through an :class:`ssl.SSLObject`: socket I/O stays outside
-    the lock that serialises every call into OpenSSL."""
-
-    tls = True
-
-    def __init__(
-        self, sock: socket.socket, context: ssl_module.SSLContext, *,
-        server_side: bool, server_hostname: str | None,
-    ) -> None:
-        super().__init__(sock)
-        self._incoming = ssl_module.MemoryBIO()
-        self._outgoing = ssl_module.MemoryBIO()
-        self.ssl_object = context.wrap_bio(
-            self._incoming, self._outgoing,
-            server_side=server_side, server_hostname=server_hostname,
-        )
-        self._lock = threading.Lock()
-
-    def handshake(self, deadline: float | None) -> None:
-        """Run the TLS handshake; bounded by ``deadline`` (raises :class:`TimeoutError`)."""
-        while not self._handshake_step():
-            self.sock.settimeout(_remaining(deadline))
-            self.flush()
-            self._feed(self.sock.recv(RECV_SIZE))
-        self.sock.settimeout(_remaining(deadline))
-        self.flush()
-
-    def _handshake_step(self) -> bool:
-        with self._lock:
-            try:
-                self.ssl_object.do_handshake()
-            except ssl_module.SSLWantReadError:
-                return False
-        return True
-
-    def _feed(self, data: bytes) -> None:
-        with self._lock:
-            if data:
-                self._incoming.write(data)
-            else:
-                self._incoming.write_eof()
-
-    def recv(self) -> bytes:
-        while True:
-            with self._lock:
-                try:
-                    return self.ssl_object.read(RECV_SIZE)
-                except ssl_module.SSLWantReadError:
-                    pass
-                except (ssl_module.SSLZeroReturnError, ssl_module.SSLEOFError):
-                    return b""
-            self._feed(self.sock.recv(RECV_SIZE))
-
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        for start in range(0, len(view), TLS_CHUNK):
-            with self._lock:
-                self.ssl_object.write(view[start : start + TLS_CHUNK])
-                records = self._outgoing.read()
-            self.sock.sendall(records)
-
-    def has_output(self) -> bool:
-        with self._lock:
-            return self._outgoing.pending > 0
-
-    def flush(self) -> None:
-        with self._lock:
-            records = self._outgoing.read()
-        if records:
-            self.sock.sendall(records)
-
-    def shutdown_write(self) -> None:
-        # TLS half-close: close_notify, then the end of the TCP stream.
-        with self._lock:
-            try:
-                self.ssl_object.unwrap()
-            except ssl_module.SSLError:
-                pass  # SSLWantReadError: the peer's close_notify has not come yet
-            records = self._outgoing.read()
-        if records:
-            self.sock.sendall(records)
-        self.sock.shutdown(socket.SHUT_WR)
 
 
 # ------------------------------------------------------------------------------ ping
@@ -320,7 +196,7 @@ class Connection:
         self.latency: float = 0.0
         self._remote = _address(sock.getpeername)
         self._local = _address(sock.getsockname)
-        self._transport = _Transport(sock)
+        self._transport: Transport = SocketTransport(sock)
         self._debug = self.logger.isEnabledFor(_DEBUG)
         self._lock = threading.Lock()
         # Signals new messages, room in the queue, the start of closing, the end.
@@ -337,6 +213,14 @@ class Connection:
         self._write_closed = False
         self._receiving = False
         self._paused = False
+        # The read role (see the module's docstring).
+        self._reader: int | None = None  # the thread reading the socket
+        self._recv_waiting = False
+        self._standby = False
+        self._last_recv = -math.inf
+        self._poller: select.poll | None = None
+        # Wakes the reader thread from standby.
+        self._reader_cond = threading.Condition(self._lock)
         self._pending: list[bytes] = []
         self._pings: dict[bytes, PongWaiter] = {}
         self._keepalive: PongWaiter | None = None
@@ -369,8 +253,7 @@ class Connection:
     @property
     def ssl_object(self) -> ssl_module.SSLObject | None:
         """The TLS session (``getpeercert()``, ``version()``...), or ``None``."""
-        transport = self._transport
-        return transport.ssl_object if isinstance(transport, _TLSTransport) else None
+        return self._transport.ssl_object
 
     @property
     def close_code(self) -> int | None:
@@ -402,8 +285,8 @@ class Connection:
         self, context: ssl_module.SSLContext, *, server_side: bool,
         server_hostname: str | None, deadline: float | None,
     ) -> None:
-        transport = _TLSTransport(
-            self.socket, context, server_side=server_side, server_hostname=server_hostname
+        transport = TLSTransport(
+            self._transport, context, server_side=server_side, server_hostname=server_hostname
         )
         self._transport = transport
         transport.handshake(deadline)
@@ -413,6 +296,9 @@ class Connection:
         tracer = self._trace if self._debug else None
         self.protocol = Protocol(self.side, max_size=self.max_size, codec=codec, tracer=tracer)
         self.socket.settimeout(None)
+        if type(self._transport) is SocketTransport and hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(self.socket, select.POLLIN)
         with self._lock:
             self._open = True
             if self.ping_interval is not None:
@@ -461,8 +347,7 @@ class Connection:
     def _read_loop(self) -> None:
         exc: BaseException | None = None
         try:
-            while True:
-                self._wait_for_room()
+            while self._take_read_role():
                 try:
                     data = self._transport.recv()
                 except OSError as error:
@@ -478,6 +363,40 @@ class Connection:
             self.logger.error("[%s] reader thread failed", self.id, exc_info=True)
         finally:
             self._finish(exc)
+
+    def _take_read_role(self) -> bool:
+        """Wait until the reader thread should read; ``False`` once the connection ended."""
+        while True:
+            self._wait_for_room()
+            with self._lock:
+                if self._finished:
+                    return False
+                max_queue = self.max_queue
+                if (max_queue is not None and len(self.protocol.messages) >= max(max_queue, 1)
+                        and not self._closing):
+                    continue  # full again (a recv read the socket): wait for room
+                wait = STANDBY if self._reader is not None else self._standby_time(_clock())
+                if wait is None:
+                    self._reader = threading.get_ident()
+                    return True
+                self._standby = True
+                self._reader_cond.wait(wait)
+                self._standby = False
+
+    def _standby_time(self, now: float) -> float | None:
+        """How long the reader thread stands by, ``None`` to read now (lock held)."""
+        if (self._poller is None or self._recv_waiting or self._closing or self._pings
+                or self._finished):
+            return None
+        if self._receiving:
+            return STANDBY
+        idle = now - self._last_recv
+        return None if idle >= STANDBY else STANDBY - idle
+
+    def _wake_reader(self) -> None:
+        """Make the reader thread read now if it stands by (lock held)."""
+        if self._standby:
+            self._reader_cond.notify()
 
     def _wait_for_room(self) -> None:
         """Flow control: don't read while ``max_queue`` messages wait for ``recv``."""
@@ -498,7 +417,9 @@ class Connection:
             self._paused = False
 
     def _receive(self, data: bytes) -> None:
+        """Feed bytes read from the socket to the core; give up the read role."""
         with self._lock:
+            self._reader = None
             protocol = self.protocol
             protocol.receive_data(data)
             if protocol.events:
@@ -507,6 +428,7 @@ class Connection:
             if out:
                 self._pending.extend(out)
             if protocol.messages:
+                self._recv_waiting = False  # the recv waiting for the reader is served
                 self._cond.notify_all()
             if protocol.pending_close is not None and self._fail_deadline is None:
                 # Failed, but earlier messages wait to be read: give the application
@@ -567,10 +489,16 @@ class Connection:
             self._close_deadline = _clock() + self.close_timeout
         self._timer_cond.notify()
         self._cond.notify_all()
+        self._wake_reader()
 
     def _finish(self, exc: BaseException | None) -> None:
-        """The TCP connection is over: release every waiter, then the socket."""
+        """The TCP connection is over: release every waiter, then the socket.
+
+        Called by the thread that found the end (the reader thread, or a ``recv`` that
+        was reading); a second call does nothing."""
         with self._lock:
+            if self._finished:
+                return
             if self._lost_exc is None:
                 self._lost_exc = exc
             protocol = self.protocol
@@ -580,6 +508,7 @@ class Connection:
             self._pings.clear()
             self._cond.notify_all()
             self._timer_cond.notify_all()
+            self._reader_cond.notify_all()
         for waiter in waiters:
             waiter.set()
         # Wake a writer blocked in send; close the socket only once it has let go.
@@ -654,6 +583,7 @@ class Connection:
         waiter = PongWaiter(self, payload, now)
         self._pings[payload] = self._keepalive = waiter
         self._pending.append(self.protocol.send_ping(payload))
+        self._wake_reader()  # to read the pong
         if self._debug:
             self.logger.debug("[%s] > keepalive ping sent", self.id)
 
@@ -745,6 +675,7 @@ class Connection:
         with self._lock:
             self._closing = True
             self._cond.notify_all()
+            self._wake_reader()
         self._transport.abort()
 
     def _queue_close(self, code: int, reason: str) -> None:
@@ -805,6 +736,7 @@ class Connection:
                 message = self._next_message(deadline, timeout)
             finally:
                 self._receiving = False
+                self._recv_waiting = False
         if decode is None:
             return message
         if decode and type(message) is bytes:
@@ -815,6 +747,7 @@ class Connection:
 
     def _next_message(self, deadline: float | None, timeout: float | None) -> Data:
         messages = self.protocol.messages
+        direct_until = time.monotonic() + DIRECT_WAIT if self._poller is not None else 0.0
         while not messages:
             if self._finished:
                 raise self._closed_exc()
@@ -822,14 +755,56 @@ class Connection:
                 # No message before the failure is left: fail now (the timer sends it).
                 self._fail_deadline = 0.0
                 self._timer_cond.notify()
-            left = None if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            left = None if deadline is None else deadline - now
             if left is not None and left <= 0:
                 raise TimeoutError(f"no message received within {timeout} s")
+            if self._reader is None and now < direct_until:
+                direct = direct_until - now
+                self._read_directly(direct if left is None else min(left, direct))
+                continue
+            # Wait for the reader thread (woken if it stands by).
+            self._recv_waiting = True
+            self._wake_reader()
             self._cond.wait(_slice(left))
+        self._last_recv = _clock()
         message = messages.popleft()
         if self._paused and len(messages) <= (self.max_queue or 0) // 4:
             self._cond.notify_all()
         return message
+
+    def _read_directly(self, timeout: float) -> None:
+        """Read the socket in the thread calling ``recv``, at most ``timeout`` seconds
+        (lock held on entry and on exit; released while reading)."""
+        assert self._poller is not None
+        self._reader = me = threading.get_ident()
+        self._lock.release()
+        reading = False
+        try:
+            if not self._poller.poll(math.ceil(timeout * 1000)):
+                return
+            # From here an interruption (Ctrl-C) could lose bytes: the stream can't go on.
+            reading = True
+            try:
+                data = self._transport.recv()
+            except OSError as exc:
+                self._finish(exc)
+                return
+            if data:
+                self._receive(data)  # gives the role up: another thread may take it
+                self._flush_pending()
+            else:
+                self._receive_eof()
+                self._finish(None)
+            reading = False
+        except BaseException:
+            if reading:
+                self._abort()
+            raise
+        finally:
+            self._lock.acquire()
+            if self._reader == me:
+                self._reader = None
 
     def __iter__(self) -> Iterator[Data]:
         """Iterate over messages; end quietly on a normal closure (1000, 1001).
@@ -934,6 +909,7 @@ class Connection:
                 waiter = PongWaiter(self, payload, _clock())
                 self._pings[payload] = waiter
                 self._pending.append(frame)
+                self._wake_reader()  # to read the pong
         if waiter is None:
             self._raise_closed()
         assert waiter is not None

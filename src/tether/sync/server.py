@@ -27,7 +27,8 @@ from ..protocol.connection import Codec, Side
 from ..protocol.deflate import Deflate, ServerNegotiator, compression_settings
 from ..protocol.handshake import ServerHandshake
 from ..protocol.http import Request, Response
-from .connection import Connection, _remaining, _wait_event
+from .connection import Connection, _wait_event
+from .transport import remaining as _remaining
 
 __all__ = ["Server", "ServerConnection", "serve", "unix_serve"]
 
