@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.exceptions import (
     InvalidHandshake,
@@ -26,6 +28,7 @@ from tether.protocol.deflate import (
     client_offer,
 )
 from tether.protocol.frames import OP_TEXT, Frame
+from tether.protocol import handshake as handshake_module
 from tether.protocol.handshake import (
     MAX_HEAD_SIZE,
     MAX_HEADERS,
@@ -748,3 +751,216 @@ class TestSection4_1ClientChecksResponse:
         raw = response_101(client.key, *((f"X-H{i}", "v") for i in range(MAX_HEADERS)))
         with pytest.raises(InvalidMessage):
             client.receive_data(raw)
+
+
+# ------------------------------------------- the httptools fast path and h11 agree
+
+
+def _server_outcome(data: bytes, chunk: int | None, fast: bool) -> tuple[Any, ...]:
+    """Feed ``data`` to a ServerHandshake (fast path on or off); describe what came out:
+    the request, its trailing bytes and the answer, or the status of the error."""
+    saved = handshake_module.httptools
+    if not fast:
+        handshake_module.httptools = None
+    try:
+        handshake = ServerHandshake(max_headers=20, max_head_size=1024)
+        request = None
+        try:
+            for i in range(0, len(data), chunk or len(data) or 1):
+                request = handshake.receive_data(data[i : i + (chunk or len(data))])
+                if request is not None:
+                    break
+        except InvalidMessage as exc:
+            answer = handshake.send_response(handshake.reject(exc.status))
+            return ("error", exc.status, answer.split(b"\r\n", 1)[0])
+        if request is None:
+            return ("incomplete",)
+        response = handshake.accept(request)
+        answer = handshake.send_response(response)
+        if response.status != 101:
+            answer = answer.split(b"\r\n", 1)[0]
+        return (
+            "request", request.method, request.path, request.http_version,
+            request.headers.raw_items(), handshake.trailing_data, response.status, answer,
+            handshake._h11 is None,  # whether the fast path took it
+        )
+    finally:
+        handshake_module.httptools = saved
+
+
+def _assert_same(data: bytes, chunk: int | None = None) -> tuple[Any, ...]:
+    fast = _server_outcome(data, chunk, fast=True)
+    slow = _server_outcome(data, chunk, fast=False)
+    if fast[0] == "request":
+        assert fast[:-1] == slow[:-1], data
+        assert fast[-2] == slow[-2]
+    else:
+        assert fast == slow, data
+    return fast
+
+
+needs_httptools = pytest.mark.skipif(
+    handshake_module.httptools is None, reason="httptools not installed (or TETHER_NO_SPEEDUPS)"
+)
+
+ODD_REQUESTS = {
+    "plain": request_bytes(),
+    "with frames after": request_bytes() + b"\x81\x82" + MASK + b"ab",
+    "lower-case names": request_bytes().replace(b"Upgrade: websocket", b"upgrade: websocket"),
+    "tab in value": request_bytes(extra=[("X-A", "a\tb")]),
+    "padded values": request_bytes(extra=[("X-A", "  a  ")]),
+    "no Host": request_bytes(drop=["Host"]),
+    "two Hosts": request_bytes(extra=[("Host", "other")]),
+    "HTTP/1.0": request_bytes(request_line="GET /chat HTTP/1.0"),
+    "HTTP/2.0": request_bytes(request_line="GET /chat HTTP/2.0"),
+    "POST": request_bytes(request_line="POST /chat HTTP/1.1"),
+    "unknown method": request_bytes(request_line="BREW /chat HTTP/1.1"),
+    "absolute target": request_bytes(request_line="GET http://h/chat?x=1 HTTP/1.1"),
+    "space in target": request_bytes(request_line="GET /a b HTTP/1.1"),
+    "no version": request_bytes(request_line="GET /chat"),
+    "content-length 0": request_bytes(extra=[("Content-Length", "0")]),
+    "content-length 3": request_bytes(extra=[("Content-Length", "3")]) + b"abc",
+    "bad content-length": request_bytes(extra=[("Content-Length", "x")]),
+    "chunked": request_bytes(extra=[("Transfer-Encoding", "chunked")]) + b"0\r\n\r\n",
+    "obs-fold": request_bytes(extra=[("X-A", "a\r\n b")]),
+    "bare LF": request_bytes().replace(b"\r\n", b"\n"),
+    "bare LF at the end": request_bytes()[:-4] + b"\n\r\n",
+    "space before colon": request_bytes().replace(b"Host:", b"Host :"),
+    "empty name": request_bytes(extra=[("", "x")]),
+    "no colon": request_bytes()[:-2] + b"NoColon\r\n\r\n",
+    "control character": request_bytes(extra=[("X-A", "a\x01b")]),
+    "NUL": request_bytes(extra=[("X-A", "a\x00b")]),
+    "latin-1 value": request_bytes(extra=[("X-A", "caf\xe9")]),
+    "bad name": request_bytes(extra=[("X(A)", "1")]),
+    "too many headers": request_bytes(extra=[(f"X-{i}", "v") for i in range(20)]),
+    "head too large": request_bytes(extra=[("X-A", "a" * 1100)]),
+    "head just fits": request_bytes(extra=[("X-A", "a" * 800)]),
+    "not HTTP": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(40)) + b"\r\n\r\n",
+    "TLS hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(40)),
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "empty line first": b"\r\n" + request_bytes(),
+    "no Upgrade": request_bytes(drop=["Upgrade"]),
+}
+
+
+@needs_httptools
+class TestFastPath:
+    """With httptools installed a server reads common requests with it; whatever the
+    bytes, the outcome (request, trailing bytes, answer or error status) is h11's."""
+
+    @pytest.mark.parametrize("name", list(ODD_REQUESTS))
+    @pytest.mark.parametrize("chunk", [None, 1, 7])
+    def test_same_outcome_as_h11(self, name: str, chunk: int | None) -> None:
+        _assert_same(ODD_REQUESTS[name], chunk)
+
+    @pytest.mark.parametrize("name", ["plain", "with frames after", "tab in value",
+                                      "lower-case names", "padded values", "head just fits"])
+    def test_fast_path_takes_common_requests(self, name: str) -> None:
+        outcome = _assert_same(ODD_REQUESTS[name])
+        assert outcome[0] == "request" and outcome[-1], "h11 was used"
+
+    def test_trailing_bytes_after_the_head_are_kept(self) -> None:
+        handshake = ServerHandshake()
+        request = handshake.receive_data(request_bytes() + b"ab")
+        assert request is not None and handshake._h11 is None
+        handshake.receive_trailing(b"cd")
+        assert handshake.trailing_data == b"abcd"
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        lines=st.lists(
+            st.tuples(
+                st.sampled_from(["X-A", "Host", "content-length", "X(", "", "Upgrade", "a b"]),
+                st.text(alphabet=st.sampled_from("ab 0\t\x01\xe9:\r\n"), max_size=8),
+            ),
+            max_size=6,
+        ),
+        chunk=st.sampled_from([None, 1, 5]),
+    )
+    def test_random_headers(self, lines: list[tuple[str, str]], chunk: int | None) -> None:
+        _assert_same(request_bytes(extra=lines), chunk)
+
+
+def _client_outcome(
+    response: bytes | None, chunk: int | None, fast: bool, **options: Any
+) -> tuple[Any, ...]:
+    """A ClientHandshake (fast path on or off): its request bytes, then what reading
+    ``response`` (``None``: a plain 101 for its key; then EOF) gives."""
+    saved = handshake_module.httptools
+    if not fast:
+        handshake_module.httptools = None
+    try:
+        handshake = ClientHandshake("server.example.com", "/chat?x=1", max_headers=20,
+                                    max_head_size=1024, **options)
+        handshake.key = KEY  # the same request bytes either way
+        del handshake.request.headers["Sec-WebSocket-Key"]
+        handshake.request.headers["Sec-WebSocket-Key"] = KEY
+        try:
+            request = handshake.send_request()
+        except Exception as exc:  # h11's refusal of a header, either way
+            return ("request refused", type(exc).__name__)
+        data = response_101(KEY) + b"\x81\x00" if response is None else response
+        result: Response | None = None
+        try:
+            step = chunk or len(data) or 1
+            for i in range(0, len(data), step):
+                result = handshake.receive_data(data[i : i + step])
+                if result is not None:
+                    break
+            else:
+                result = handshake.receive_data(b"")
+        except InvalidMessage as exc:
+            return (request, "error", str(exc))
+        assert result is not None
+        trailing = handshake.trailing_data if result.status == 101 else b""
+        return (request, result.status, result.reason, result.headers.raw_items(),
+                result.body, trailing, handshake._h11 is None)
+    finally:
+        handshake_module.httptools = saved
+
+
+ODD_RESPONSES: dict[str, bytes | None] = {
+    "plain 101 and a frame": None,
+    "101 without reason": response_101(KEY).replace(b" Switching Protocols", b""),
+    "101 with padded value": response_101(KEY, ("X-A", "  a ")),
+    "101 HTTP/1.0": response_101(KEY).replace(b"HTTP/1.1", b"HTTP/1.0"),
+    "101 bare LF": response_101(KEY).replace(b"\r\n", b"\n"),
+    "101 obs-fold": response_101(KEY, ("X-A", "a\r\n b")),
+    "101 latin-1": response_101(KEY, ("X-A", "caf\xe9")),
+    "101 bad name": response_101(KEY, ("X(A)", "1")),
+    "101 too many headers": response_101(KEY, *[(f"X-{i}", "v") for i in range(20)]),
+    "101 head too large": response_101(KEY, ("X-A", "a" * 1100)),
+    "100 then 101": b"HTTP/1.1 100 Continue\r\n\r\n" + response_101(KEY),
+    "404 with body": b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nnope!",
+    "503 until EOF": b"HTTP/1.1 503 Busy\r\n\r\nlater",
+    "garbage": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+    "TLS alert": b"\x15\x03\x01\x00\x02\x02\x46",
+    "EOF in the head": b"HTTP/1.1 101 Switching",
+    "nothing": b"",
+}
+
+
+@needs_httptools
+class TestClientFastPath:
+    """With httptools a client writes its request and reads a plain 101 without h11;
+    the bytes written and whatever is read give what h11 gives."""
+
+    @pytest.mark.parametrize("name", list(ODD_RESPONSES))
+    @pytest.mark.parametrize("chunk", [None, 1, 9])
+    def test_same_outcome_as_h11(self, name: str, chunk: int | None) -> None:
+        fast = _client_outcome(ODD_RESPONSES[name], chunk, fast=True)
+        slow = _client_outcome(ODD_RESPONSES[name], chunk, fast=False)
+        assert fast[:6] == slow[:6]
+
+    def test_fast_path_takes_a_plain_101(self) -> None:
+        outcome = _client_outcome(None, None, fast=True)
+        assert outcome[1] == 101 and outcome[5] == b"\x81\x00" and outcome[-1]
+
+    @pytest.mark.parametrize("headers", [
+        {"X-A": "v"}, {"X-A": " v"}, {"X-A": "a\tb"}, {"X-A": "caf\xe9"}, {"X-A": "a\x01"},
+        {"X(A)": "v"}, {"X-A": ""}, {"X-A": "a  b"},
+    ])
+    def test_request_bytes_as_h11_writes_them(self, headers: dict[str, str]) -> None:
+        fast = _client_outcome(None, None, fast=True, additional_headers=headers)
+        slow = _client_outcome(None, None, fast=False, additional_headers=headers)
+        assert fast[:6] == slow[:6]

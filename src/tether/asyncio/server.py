@@ -87,8 +87,8 @@ class ServerConnection(Connection):
         and a task is created only for the handler once the connection is open.
         """
         if self._deciding:
-            # Bytes after the request head: h11 keeps them as trailing data.
-            self._handshake._h11.receive_data(data)
+            # Bytes after the request head: kept as trailing data.
+            self._handshake.receive_trailing(data)
             return
         transport = self.transport
         assert transport is not None
@@ -133,7 +133,7 @@ class ServerConnection(Connection):
 
     def _decide_later(self, decision: Coroutine[Any, Any, Response]) -> None:
         """An async hook decides the response: read nothing more until it has (bytes that
-        came with the request stay in h11's buffer, bounded by one read); then run the
+        came with the request stay in the parser's buffer, bounded by one read); then run the
         handler in the same task."""
         assert self.transport is not None
         self._deciding = True

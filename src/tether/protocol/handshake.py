@@ -1,8 +1,16 @@
 """RFC 6455 section 4: the opening handshake, on top of h11.
 
-h11 parses and serialises the HTTP/1.1 heads, with a bound on their size; this module
-adds what makes them a WebSocket handshake: the key and accept values, the
-Upgrade / Connection / Version checks, Origin, subprotocol and extension negotiation.
+h11 parses and serialises the HTTP/1.1 heads, with a bound on their size. When httptools
+(the ``tether[speedups]`` extra: llhttp, the C parser of Node.js) is installed, a
+server reads the common request first with it, ten times faster: a head made only of
+printable ASCII with CRLF line ends, no body, token header names and one Host header.
+Anything else (and anything httptools refuses) goes to h11 from its first byte, so what
+is accepted and every error status are h11's either way (``TETHER_NO_SPEEDUPS=1``
+turns the fast path off).
+
+This module adds what makes them a WebSocket handshake: the key and accept values,
+the Upgrade / Connection / Version checks, Origin, subprotocol and extension
+negotiation.
 A :class:`ServerHandshake` turns request bytes into a :class:`Request` and then into a
 101 or an error :class:`Response`; a :class:`ClientHandshake` does the reverse. The
 bytes that arrive after the head (the first frames) are handed on in ``trailing_data``.
@@ -15,6 +23,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import h11
 
@@ -28,6 +37,16 @@ from ..exceptions import (
     NegotiationError,
 )
 from .http import Headers, HeadersLike, Request, Response
+
+httptools: ModuleType | None
+try:
+    if os.environ.get("TETHER_NO_SPEEDUPS") == "1":
+        raise ImportError("TETHER_NO_SPEEDUPS=1")
+    import httptools as _httptools
+except ImportError:  # not installed: h11 parses everything
+    httptools = None
+else:
+    httptools = _httptools
 
 __all__ = [
     "GUID",
@@ -53,6 +72,75 @@ SERVER_AGENT = "tether"
 # RFC 9110 5.1 and 5.5: what a header name and value may hold.
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A request head the fast path may take: printable ASCII (and tabs in header lines),
+# CRLF line ends, no line folding.
+_CLEAN_HEAD = re.compile(rb"[\x20-\x7e]+\r\n(?:[\x21-\x7e][\x20-\x7e\t]*\r\n)*\r\n")
+# A byte that no head the fast path takes contains: h11 reads such a stream at once.
+_UNUSUAL = re.compile(rb"[^\x20-\x7e\t\r\n]")
+_TOKEN_BYTES = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_TARGET_STR = re.compile(r"[\x21-\x7e]+")
+_PLAIN_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
+
+
+class _Head:
+    """httptools callbacks: the parts of one request or response head."""
+
+    __slots__ = ("complete", "headers", "reason", "target")
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _fast_request(head: bytes) -> Request | None:
+    """Parse a whole request head with httptools; ``None`` when h11 must decide."""
+    if httptools is None or not _CLEAN_HEAD.fullmatch(head):
+        return None
+    parts = _Head()
+    parser = httptools.HttpRequestParser(parts)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        return None
+    version = parser.get_http_version()
+    if not parts.complete or not _TARGET.fullmatch(parts.target) or version not in ("1.1", "1.0"):
+        return None
+    hosts = 0
+    for name, _ in parts.headers:
+        if not _TOKEN_BYTES.fullmatch(name):
+            return None
+        lower = name.lower()
+        if lower == b"host":
+            hosts += 1
+        elif lower == b"content-length" or lower == b"transfer-encoding":
+            return None  # h11 checks bodies
+    if hosts != 1 and version == "1.1":
+        return None
+    headers = Headers()
+    headers._items = [(n.decode("ascii"), v.decode("ascii")) for n, v in parts.headers]
+    return Request(
+        path=parts.target.decode("ascii"),
+        headers=headers,
+        method=parser.get_method().decode("ascii"),
+        http_version=version,
+    )
 
 
 def generate_key() -> str:
@@ -109,7 +197,13 @@ class ServerHandshake:
         self.max_headers = max_headers
         self.max_head_size = max_head_size
         self._received = 0
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
+        # With httptools: the bytes so far, until the fast path has the head or hands
+        # everything to h11 (created then, or at once without httptools).
+        self._buffer: bytearray | None = bytearray() if httptools is not None else None
+        self._head_size = 0
+        self._h11: h11.Connection | None = None
+        if self._buffer is None:
+            self._h11 = self._new_h11()
         self.request: Request | None = None
         # Whether the request proposed a protocol switch (an Upgrade header, no body):
         # only then may a 101 be sent.
@@ -126,7 +220,27 @@ class ServerHandshake:
         Raises :class:`InvalidMessage` (with the HTTP status to answer) when the request
         is malformed or too large.
         """
+        buffer = self._buffer
+        if buffer is not None:
+            start = max(0, len(buffer) - 3)
+            buffer += data
+            end = buffer.find(b"\r\n\r\n", start)
+            if end < 0:
+                if (len(buffer) <= self.max_head_size and b"\n\n" not in buffer
+                        and b"\n\r\n" not in buffer and not _UNUSUAL.search(data)):
+                    return None
+            else:
+                end += 4
+                request = _fast_request(bytes(buffer[:end]))
+                if request is not None:
+                    self._head_size = end
+                    return self._got_request(request, end, len(request.headers.raw_items()))
+            # Something unusual, or too large: h11 decides, from the first byte.
+            self._buffer = None
+            data = bytes(buffer)
         conn = self._h11
+        if conn is None:
+            conn = self._h11 = self._new_h11()
         conn.receive_data(data)
         self._received += len(data)
         try:
@@ -142,34 +256,68 @@ class ServerHandshake:
             return None
         if not isinstance(event, h11.Request):  # pragma: no cover - h11 guarantees it
             raise InvalidMessage("invalid HTTP request", 400)
-        # h11 bounds a head only while it is incomplete; check a whole one too.
-        head_size = self._received - len(conn.trailing_data[0])
-        if head_size > self.max_head_size:
-            raise InvalidMessage(
-                f"invalid HTTP request: request head of {head_size} bytes is larger than "
-                f"{self.max_head_size} bytes", 431
-            )
-        if len(event.headers) > self.max_headers:
-            raise InvalidMessage(
-                f"request has {len(event.headers)} headers, more than {self.max_headers}", 431
-            )
-        headers = event.headers  # h11 gives lower-case names here
-        has_body = any(
-            name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
-            for name, value in headers
-        )
-        self._may_switch = not has_body and any(name == b"upgrade" for name, _ in headers)
-        self.request = Request(
+        request = Request(
             path=event.target.decode("latin-1"),
             headers=_headers_from_h11(event.headers.raw_items()),
             method=event.method.decode("ascii"),
             http_version=event.http_version.decode("ascii"),
         )
-        return self.request
+        return self._got_request(
+            request, self._received - len(conn.trailing_data[0]), len(event.headers)
+        )
+
+    def _got_request(self, request: Request, head_size: int, count: int) -> Request:
+        # h11 bounds a head only while it is incomplete; check a whole one too.
+        if head_size > self.max_head_size:
+            raise InvalidMessage(
+                f"invalid HTTP request: request head of {head_size} bytes is larger than "
+                f"{self.max_head_size} bytes", 431
+            )
+        if count > self.max_headers:
+            raise InvalidMessage(f"request has {count} headers, more than {self.max_headers}", 431)
+        has_body = False
+        upgrade = False
+        for name, value in request.headers.raw_items():
+            lower = name.lower()
+            if lower == "transfer-encoding" or (lower == "content-length" and value != "0"):
+                has_body = True
+            elif lower == "upgrade":
+                upgrade = True
+        self._may_switch = upgrade and not has_body
+        self.request = request
+        return request
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
+
+    def _h11_for_response(self) -> h11.Connection:
+        """h11, in the state of a server that has read the request (to write an error
+        response after the fast path read it)."""
+        conn = self._h11
+        if conn is None:
+            conn = self._h11 = self._new_h11()
+            assert self._buffer is not None
+            conn.receive_data(bytes(self._buffer[: self._head_size]))
+            try:
+                conn.next_event()
+            except h11.RemoteProtocolError:  # pragma: no cover - the fast path's head
+                pass
+        return conn
+
+    def receive_trailing(self, data: bytes) -> None:
+        """Keep bytes that arrive after the request head, for :attr:`trailing_data`."""
+        if self._buffer is not None:
+            self._buffer += data
+        else:
+            assert self._h11 is not None
+            self._h11.receive_data(data)
 
     @property
     def trailing_data(self) -> bytes:
         """Bytes received after the request head: the client's first frames."""
+        if self._buffer is not None:
+            return bytes(self._buffer[self._head_size :])
+        assert self._h11 is not None
         data, _closed = self._h11.trailing_data
         return bytes(data)
 
@@ -281,7 +429,6 @@ class ServerHandshake:
     def send_response(self, response: Response) -> bytes:
         """Serialise ``response``: a 101 switches protocols, anything else ends HTTP."""
         headers = response.headers
-        conn = self._h11
         if response.status == 101:
             if not self._may_switch:
                 raise InvalidHandshake("cannot send 101: the request did not ask to upgrade")
@@ -295,6 +442,7 @@ class ServerHandshake:
         upgrade = "Upgrade" in headers
         hdrs.append(("Connection", "Upgrade, close" if upgrade else "close"))
         try:
+            conn = self._h11_for_response()
             out = conn.send(
                 h11.Response(status_code=response.status, headers=hdrs,
                              reason=response.reason.encode())
@@ -310,6 +458,42 @@ class ServerHandshake:
             out = head.encode("latin-1") + response.body
         return out
 
+
+def _request_head(request: Request) -> bytes | None:
+    """The bytes of a client's GET request written directly, or ``None`` when a value
+    is unusual enough that h11 should check and write it."""
+    path = request.path
+    if not _TARGET_STR.fullmatch(path):
+        return None
+    lines = [f"GET {path} HTTP/1.1\r\n"]
+    for name, value in request.headers.raw_items():
+        if not _TOKEN.fullmatch(name) or not _PLAIN_VALUE.fullmatch(value):
+            return None
+        lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("ascii")
+
+
+def _fast_101(head: bytes, max_headers: int) -> Response | None:
+    """Parse a whole ``101`` response head with httptools; ``None`` when h11 must."""
+    if (httptools is None or not head.startswith(b"HTTP/1.1 101")
+            or not _CLEAN_HEAD.fullmatch(head)):
+        return None
+    parts = _Head()
+    parser = httptools.HttpResponseParser(parts)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+        pass  # llhttp stops after the head of a 101, one way or the other
+    if (not parts.complete or parser.get_status_code() != 101
+            or len(parts.headers) > max_headers):
+        return None
+    for name, _ in parts.headers:
+        if not _TOKEN_BYTES.fullmatch(name):
+            return None
+    headers = Headers()
+    headers._items = [(n.decode("ascii"), v.decode("ascii")) for n, v in parts.headers]
+    return Response(101, headers, b"", parts.reason.decode("ascii"))
 
 def _fields(headers: Headers) -> dict[str, list[str]]:
     """The header values by lower-case name, for the checks of one message."""
@@ -384,19 +568,34 @@ class ClientHandshake:
             headers["User-Agent"] = user_agent_header
         self.request = Request(path, headers)
         self.response: Response | None = None
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
+        # As on the server: with httptools, a 101 is read without h11 (and the request
+        # written without it); h11 is created for anything else.
+        self._buffer: bytearray | None = bytearray() if httptools is not None else None
+        self._head_size = 0
+        self._h11: h11.Connection | None = None
         self._status_response: h11.Response | None = None
         self._body = bytearray()
 
     def send_request(self) -> bytes:
         """Return the bytes of the upgrade request."""
-        conn = self._h11
+        if self._buffer is not None:
+            head = _request_head(self.request)
+            if head is not None:
+                return head
+            self._buffer = None  # unusual values: h11 checks and writes them
+        return self._new_h11()[1]
+
+    def _new_h11(self) -> tuple[h11.Connection, bytes]:
+        """h11, after sending the request: the connection and the request's bytes."""
+        conn = self._h11 = h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=self.max_head_size
+        )
         out = conn.send(
             h11.Request(method="GET", target=self.request.path.encode(),
                         headers=_h11_headers(self.request.headers))
         ) or b""
         out += conn.send(h11.EndOfMessage()) or b""
-        return out
+        return conn, out
 
     def receive_data(self, data: bytes) -> Response | None:
         """Feed response bytes (``b""`` at EOF); return the :class:`Response` when complete.
@@ -405,7 +604,36 @@ class ClientHandshake:
         ``MAX_BODY_SIZE`` bytes) or at EOF. Raises :class:`InvalidMessage` when the
         response is malformed.
         """
+        buffer = self._buffer
+        if buffer is not None:
+            if data:
+                start = max(0, len(buffer) - 3)
+                buffer += data
+                end = buffer.find(b"\r\n\r\n", start)
+                if end >= 0:
+                    end += 4
+                    response = _fast_101(bytes(buffer[:end]), self.max_headers)
+                    if response is not None:
+                        if end > self.max_head_size:
+                            raise InvalidMessage(
+                                f"response head of {end} bytes is larger than "
+                                f"{self.max_head_size} bytes"
+                            )
+                        self._head_size = end
+                        self.response = response
+                        return response
+                elif (len(buffer) <= self.max_head_size and b"\n\n" not in buffer
+                        and b"\n\r\n" not in buffer and not _UNUSUAL.search(data)):
+                    return None
+            # Not a plain 101: h11 reads the response from its first byte.
+            self._buffer = None
+            earlier = bytes(buffer[: len(buffer) - len(data)])
+            fresh = self._new_h11()[0]
+            if earlier:  # (b"" would tell h11 the stream ended)
+                fresh.receive_data(earlier)
+                self._received += len(earlier)
         conn = self._h11
+        assert conn is not None
         conn.receive_data(data)
         self._received += len(data)
         while True:
@@ -466,6 +694,9 @@ class ClientHandshake:
     @property
     def trailing_data(self) -> bytes:
         """Bytes received after the 101 head: the server's first frames."""
+        if self._buffer is not None:
+            return bytes(self._buffer[self._head_size :])
+        assert self._h11 is not None
         data, _closed = self._h11.trailing_data
         return bytes(data)
 
