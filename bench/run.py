@@ -63,6 +63,8 @@ LIBS: dict[str, Lib] = {
     "picows": Lib("echo_picows.py", "picows", "picows", deflate=False),
     "picows-websockets": Lib("echo_picows_websockets.py", "picows.websockets", "picows"),
     "limit": Lib("echo_limit.py", "asyncio", "-", deflate=False),
+    # the limit, with each echo written by an awaiting task: the floor of a coroutine API
+    "limit-coro": Lib("echo_limit_coro.py", "asyncio", "-", deflate=False),
 }
 DEFAULT_LIBS = "tether,websockets,aiohttp,picows,picows-websockets"
 REFERENCE = "websockets"

@@ -471,14 +471,16 @@ class Connection(asyncio.Protocol):
             await asyncio.shield(self.connection_lost_waiter)
 
     def __aiter__(self) -> AsyncIterator[Data]:
-        return self._iterate()
+        """Iterate over messages; end quietly on a normal closure (1000, 1001)."""
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Data]:
+    async def __anext__(self) -> Data:
+        """The next message, for ``async for`` (one coroutine per message, no async
+        generator in between)."""
         try:
-            while True:
-                yield await self.recv()
+            return await self.recv()
         except ConnectionClosedOK:
-            return
+            raise StopAsyncIteration from None
 
     def _closed_exc(self) -> ConnectionClosed:
         """The exception that tells how the connection was closed."""
