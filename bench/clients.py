@@ -15,7 +15,9 @@ every figure also as a ratio to websockets' client in the same run.
 Clients: ``tether`` (tether.connect), ``websockets`` (websockets.asyncio.client),
 ``aiohttp`` (ClientSession.ws_connect), ``picows`` (its callback core: ws_connect with a
 WSListener that sends the next message from on_ws_frame) and ``picows-websockets``
-(picows' websockets-like API). All with compression off and no size limit.
+(picows' websockets-like API). All with compression off and no size limit. And
+``limit-coro``: no library, a raw protocol whose coroutine awaits each echo through a
+future (pre-built frame, nothing parsed): the floor of any coroutine client.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ sys.path.insert(0, str(BENCH))
 
 import run as runner  # noqa: E402  (bench/run.py: server processes, versions, machine)
 
-CLIENTS = ["tether", "websockets", "aiohttp", "picows", "picows-websockets"]
+CLIENTS = ["tether", "websockets", "aiohttp", "picows", "picows-websockets", "limit-coro"]
 DISTS = {"picows-websockets": "picows"}
 REFERENCE = "websockets"
 SIZES = [16, 1024, 64 * 1024]
@@ -116,7 +118,70 @@ async def _picows(uri: str, payload: bytes, meter: _Meter) -> None:
         transport.disconnect()
 
 
+async def _limit_coro(uri: str, payload: bytes, meter: _Meter) -> None:
+    """No WebSocket library: the floor of a coroutine client on asyncio.
+
+    A raw asyncio.Protocol writes a canned upgrade request, then a pre-built masked frame,
+    and the coroutine awaits a future that data_received sets once as many bytes as the
+    echo's frame has arrived (nothing parsed, unmasked or copied). What is left is what
+    every coroutine API pays per round trip: a write, a read and a task woken through a
+    future."""
+    import struct
+
+    port = int(uri.rsplit(":", 1)[1].strip("/"))
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x82, 0x80 | size)
+        reply = 2 + size
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x82, 0x80 | 126, size)
+        reply = 4 + size
+    else:
+        head = struct.pack("!BBQ", 0x82, 0x80 | 127, size)
+        reply = 10 + size
+    mask = b"\x37\xfa\x21\x3d"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    frame = head + mask + masked
+    loop = asyncio.get_running_loop()
+
+    class Raw(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.head = b""
+            self.open = loop.create_future()
+            self.got = 0
+            self.waiter: asyncio.Future[None] | None = None
+
+        def data_received(self, data: bytes) -> None:
+            if not self.open.done():
+                self.head += data
+                end = self.head.find(b"\r\n\r\n")
+                if end >= 0:
+                    self.got = len(self.head) - end - 4
+                    self.open.set_result(None)
+                return
+            self.got += len(data)
+            if self.got >= reply and self.waiter is not None:
+                self.waiter.set_result(None)
+
+    transport, raw = await loop.create_connection(Raw, "127.0.0.1", port)
+    transport.write(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await raw.open
+    try:
+        while meter.tick():
+            raw.waiter = loop.create_future()
+            transport.write(frame)
+            await raw.waiter
+            raw.got -= reply
+    finally:
+        transport.close()
+
+
 RUNNERS: dict[str, Callable[[str, bytes, _Meter], Awaitable[None]]] = {
+    "limit-coro": _limit_coro,
     "tether": _tether,
     "websockets": _websockets,
     "aiohttp": _aiohttp,
@@ -205,6 +270,8 @@ def measure(
 
 
 def client_version(client: str) -> str:
+    if client == "limit-coro":
+        return "-"  # no library
     dist = DISTS.get(client, client)
     code = f"import importlib.metadata as m\nprint(m.version({dist!r}))\n"
     env = runner.lib_env("tether" if client == "tether" else client)

@@ -946,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} round(s) of {args.duration} s (+{args.warmup} s warm-up) per figure; "
         f"revision {meta['revision']}; load average at start "
         f"{', '.join(str(x) for x in meta['load_average_at_start'])}; "
-        + ", ".join(f"{lib} {versions[lib].split()[0]}" for lib in libs if lib != LIMIT)
+        + ", ".join(f"{lib} {versions[lib].split()[0]}" for lib in libs if LIBS[lib].dist != "-")
         + ".\n"
     )
     for run in runs:

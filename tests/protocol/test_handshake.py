@@ -19,6 +19,7 @@ from tether.exceptions import (
     InvalidUpgrade,
     NegotiationError,
 )
+from tether.protocol import handshake as handshake_module
 from tether.protocol.connection import Protocol, Side
 from tether.protocol.deflate import (
     Deflate,
@@ -28,7 +29,6 @@ from tether.protocol.deflate import (
     client_offer,
 )
 from tether.protocol.frames import OP_TEXT, Frame
-from tether.protocol import handshake as handshake_module
 from tether.protocol.handshake import (
     MAX_HEAD_SIZE,
     MAX_HEADERS,

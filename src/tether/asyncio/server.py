@@ -295,7 +295,7 @@ class Server:
             "ping_interval": ping_interval,
             "ping_timeout": ping_timeout,
             "close_timeout": close_timeout,
-            "logger": logger,
+            "logger": self.logger,  # one lookup, not one per connection
         }
         self._connections: set[ServerConnection] = set()
         self._handlers: set[asyncio.Task[None]] = set()
