@@ -57,6 +57,8 @@ class Lib:
 
 LIBS: dict[str, Lib] = {
     "tether": Lib("echo_tether.py", "tether", "tether"),
+    # tether with permessage-deflate tuned for speed (more memory): not in the defaults
+    "tether-fast-deflate": Lib("echo_tether_fast_deflate.py", "tether", "tether"),
     "websockets": Lib("echo_websockets.py", "websockets", "websockets"),
     "aiohttp": Lib("echo_aiohttp.py", "aiohttp", "aiohttp"),
     # picows' callback core (frames, no permessage-deflate) and its websockets-like API
@@ -189,7 +191,7 @@ def free_port() -> int:
 def lib_env(lib: str) -> dict[str, str]:
     """tether is always imported from this checkout's src/, so bench/ measures its tree."""
     env = dict(os.environ)
-    if lib == "tether":
+    if lib.startswith("tether"):
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p
         )
