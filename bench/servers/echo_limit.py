@@ -10,7 +10,7 @@ measures is the loop, the kernel's loopback and the load generator: no server ca
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 
@@ -65,9 +65,12 @@ class Echo(asyncio.Protocol):
 
 
 @asynccontextmanager
-async def _serve(port: int) -> AsyncIterator[asyncio.Server]:
+async def serve_protocol(
+    factory: Callable[[], asyncio.Protocol], port: int
+) -> AsyncIterator[asyncio.Server]:
+    """Serve ``factory``'s protocol on ``port`` while entered."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, _common.HOST, port)
+    server = await loop.create_server(factory, _common.HOST, port)
     async with server:
         yield server
 
@@ -75,7 +78,7 @@ async def _serve(port: int) -> AsyncIterator[asyncio.Server]:
 def start(port: int, compression: bool) -> AbstractAsyncContextManager[Any]:
     if compression:
         raise SystemExit("the limit server does not do compression")
-    return _serve(port)
+    return serve_protocol(Echo, port)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import _common
-from echo_limit import MAX_HEAD, RESPONSE, Echo
+from echo_limit import MAX_HEAD, RESPONSE, Echo, serve_protocol
 
 
 class CoroEcho(Echo):
@@ -74,18 +73,10 @@ class CoroEcho(Echo):
             self.waiter.set_result(None)
 
 
-@asynccontextmanager
-async def _serve(port: int) -> AsyncIterator[asyncio.Server]:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(CoroEcho, _common.HOST, port)
-    async with server:
-        yield server
-
-
 def start(port: int, compression: bool) -> AbstractAsyncContextManager[Any]:
     if compression:
         raise SystemExit("the limit server does not do compression")
-    return _serve(port)
+    return serve_protocol(CoroEcho, port)
 
 
 if __name__ == "__main__":
