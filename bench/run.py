@@ -59,6 +59,8 @@ LIBS: dict[str, Lib] = {
     "tether": Lib("echo_tether.py", "tether", "tether"),
     # tether with permessage-deflate tuned for speed (more memory): not in the defaults
     "tether-fast-deflate": Lib("echo_tether_fast_deflate.py", "tether", "tether"),
+    # tether from another tree (TETHER_BASE_SRC=path/to/src): before/after in one run
+    "tether-base": Lib("echo_tether.py", "tether", "tether"),
     "websockets": Lib("echo_websockets.py", "websockets", "websockets"),
     "aiohttp": Lib("echo_aiohttp.py", "aiohttp", "aiohttp"),
     # picows' callback core (frames, no permessage-deflate) and its websockets-like API
@@ -192,9 +194,12 @@ def lib_env(lib: str) -> dict[str, str]:
     """tether is always imported from this checkout's src/, so bench/ measures its tree."""
     env = dict(os.environ)
     if lib.startswith("tether"):
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p
-        )
+        src = str(REPO / "src")
+        if lib == "tether-base":
+            src = env.get("TETHER_BASE_SRC", "")
+            if not src:
+                raise SystemExit("tether-base needs TETHER_BASE_SRC: the src/ of another tree")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
     return env
 
 

@@ -29,6 +29,7 @@ from ..exceptions import (
 from ..protocol.connection import Ping, Pong, Protocol, Side, State
 from ..protocol.frames import Close
 from ..protocol.http import Request, Response
+from ._timers import Cancellable, timers_for
 
 __all__ = ["Connection", "Data"]
 
@@ -66,12 +67,14 @@ class Connection(asyncio.Protocol):
         "_info",
         "_keepalive_handle",
         "_lost_exc",
+        "_lost_waiters",
         "_open",
         "_paused_reading",
         "_paused_writing",
         "_pings",
         "_recv_waiter",
         "_stop_handled",
+        "_timers",
         "_wbuf",
         "_wbuf_size",
         "close_timeout",
@@ -134,8 +137,9 @@ class Connection(asyncio.Protocol):
         self._paused_reading = False
         self._fragmenting: asyncio.Future[None] | None = None
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
-        self._keepalive_handle: asyncio.TimerHandle | None = None
-        self._close_handle: asyncio.TimerHandle | None = None
+        self._timers = timers_for(self.loop)
+        self._keepalive_handle: Cancellable | None = None
+        self._close_handle: Cancellable | None = None
         self._fail_handle: asyncio.TimerHandle | None = None
         self._stop_handled = False
         # Frames of a burst of replies, written together (see _cork).
@@ -143,6 +147,7 @@ class Connection(asyncio.Protocol):
         self._wbuf_size = 0
         self._flush_pending = False
         self._lost_exc: BaseException | None = None
+        self._lost_waiters: list[asyncio.Future[None]] | None = None
         self.connection_lost_waiter: asyncio.Future[None] = self.loop.create_future()
         self._debug = self.logger.isEnabledFor(_DEBUG)
         self._info = self.logger.isEnabledFor(logging.INFO)
@@ -219,7 +224,9 @@ class Connection(asyncio.Protocol):
         if self._debug:
             self.logger.debug("[%s] = connection is OPEN", self.id)
         if self.ping_interval is not None:
-            self._keepalive_handle = self.loop.call_later(self.ping_interval, self._keepalive)
+            self._keepalive_handle = self._timers.call_later(
+                self.loop, self.ping_interval, self._keepalive
+            )
         if trailing:
             self.data_received(trailing)
 
@@ -340,7 +347,9 @@ class Connection(asyncio.Protocol):
             # connection (RFC 6455 7.1.1).
             timeout = self.close_timeout
             if timeout is not None:
-                self._close_handle = self.loop.call_later(timeout, self._close_timed_out)
+                self._close_handle = self._timers.call_later(
+                    self.loop, timeout, self._close_timed_out
+                )
         if self._paused_reading:
             # Keep reading to see the close frame and the end of the connection.
             self._paused_reading = False
@@ -390,6 +399,11 @@ class Connection(asyncio.Protocol):
         self._keepalive_handle = self._close_handle = self._fail_handle = None
         if not self.connection_lost_waiter.done():
             self.connection_lost_waiter.set_result(None)
+        if self._lost_waiters is not None:
+            for lost in self._lost_waiters:
+                if not lost.done():
+                    lost.set_result(None)
+            self._lost_waiters = None
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -468,7 +482,18 @@ class Connection(asyncio.Protocol):
     async def _wait_for_close(self) -> None:
         """Wait until the TCP connection is closed (bounded by the close timeout)."""
         if not self.connection_lost_waiter.done():
-            await asyncio.shield(self.connection_lost_waiter)
+            # A future of this caller's own (cheaper than shielding the shared one):
+            # cancelling the caller cancels only it.
+            waiter = self.loop.create_future()
+            waiters = self._lost_waiters
+            if waiters is None:
+                waiters = self._lost_waiters = []
+            waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter.cancelled() and waiter in waiters:
+                    waiters.remove(waiter)
 
     def __aiter__(self) -> AsyncIterator[Data]:
         """Iterate over messages; end quietly on a normal closure (1000, 1001)."""
@@ -684,7 +709,9 @@ class Connection(asyncio.Protocol):
         if self._debug:
             self.logger.debug("[%s] > keepalive ping sent", self.id)
         if self.ping_timeout is not None:
-            timeout = self.loop.call_later(self.ping_timeout, self._keepalive_timed_out, fut)
+            timeout = self._timers.call_later(
+                self.loop, self.ping_timeout, self._keepalive_timed_out, fut
+            )
             fut.add_done_callback(lambda _: timeout.cancel())
         fut.add_done_callback(self._keepalive_answered)
 
@@ -693,7 +720,7 @@ class Connection(asyncio.Protocol):
             return
         if self.ping_interval is not None and self.protocol.state is State.OPEN:
             delay = max(self.ping_interval - fut.result(), 0)
-            self._keepalive_handle = self.loop.call_later(delay, self._keepalive)
+            self._keepalive_handle = self._timers.call_later(self.loop, delay, self._keepalive)
 
     def _keepalive_timed_out(self, fut: asyncio.Future[float]) -> None:
         if fut.done() or self.protocol.state is not State.OPEN:
@@ -733,7 +760,7 @@ class Connection(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed."""
-        await asyncio.shield(self.connection_lost_waiter)
+        await self._wait_for_close()
 
     def respond(self, status: int, text: str = "") -> Response:
         """Build a plain-text HTTP :class:`Response` for ``process_request``."""

@@ -15,6 +15,7 @@ from ..protocol.connection import Side
 from ..protocol.deflate import Deflate, ServerNegotiator, compression_settings
 from ..protocol.handshake import ServerHandshake
 from ..protocol.http import Request, Response
+from ._timers import Cancellable
 from .connection import Connection
 
 __all__ = ["Server", "ServerConnection", "serve", "unix_serve"]
@@ -51,7 +52,7 @@ class ServerConnection(Connection):
                 None if server.compression is None else ServerNegotiator(server.compression)
             ),
         )
-        self._open_handle: asyncio.TimerHandle | None = None
+        self._open_handle: Cancellable | None = None
         self._codec_state: Any = None
         # True while an async process_request/process_response decides the answer
         self._deciding = False
@@ -70,8 +71,8 @@ class ServerConnection(Connection):
         super().connection_made(transport)
         self.server._connections.add(self)
         if self.server.open_timeout is not None:
-            self._open_handle = self.loop.call_later(
-                self.server.open_timeout, self._open_timed_out
+            self._open_handle = self._timers.call_later(
+                self.loop, self.server.open_timeout, self._open_timed_out
             )
 
     def _open_timed_out(self) -> None:
