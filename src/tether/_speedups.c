@@ -1,4 +1,5 @@
-/* Optional C accelerator for tether's hot path: XOR masking (RFC 6455 5.3).
+/* Optional C accelerator for tether's hot path: XOR masking (RFC 6455 5.3) and the
+ * parsing of whole unfragmented data frames.
  *
  * tether.protocol.frames has the pure-Python twin of every function here and uses it
  * when this module is not built; the tests run both.
@@ -158,7 +159,146 @@ done:
     return result;
 }
 
+static PyObject *
+parse_simple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* parse_simple(data, pos, masked, max_size, append) -> int
+     *
+     * The hot path of Protocol.receive_data: from ``pos`` in the bytes ``data``, take
+     * every complete frame that is a whole message on its own (FIN set, no RSV bit,
+     * text or binary), masked if and only if ``masked``, of at most ``max_size`` bytes
+     * (-1: no limit), and holding valid UTF-8 if it is text; call ``append`` with each
+     * message (bytes or str). Return the position of the first byte not taken: the
+     * Python code decides about everything else (partial, fragmented, compressed and
+     * control frames, and every error), so it stays the one authority on the protocol.
+     */
+    PyObject *data, *append, *msg, *res;
+    Py_ssize_t pos, end, max_size, start;
+    uint64_t length;
+    int masked;
+    const unsigned char *buf;
+
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "parse_simple takes 5 arguments");
+        return NULL;
+    }
+    data = args[0];
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "data must be bytes");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    masked = PyObject_IsTrue(args[2]);
+    if (masked < 0) {
+        return NULL;
+    }
+    max_size = PyLong_AsSsize_t(args[3]);
+    if (max_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    append = args[4];
+    buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    end = PyBytes_GET_SIZE(data);
+    if (pos < 0 || pos > end) {
+        PyErr_SetString(PyExc_ValueError, "pos out of range");
+        return NULL;
+    }
+    while (end - pos >= 2) {
+        unsigned char b0 = buf[pos], b1 = buf[pos + 1];
+        Py_ssize_t hlen = 2;
+
+        if ((b0 != 0x81 && b0 != 0x82) || ((b1 & 0x80) != 0) != (masked != 0)) {
+            break;
+        }
+        length = b1 & 0x7f;
+        if (length == 126) {
+            if (end - pos < 4) {
+                break;
+            }
+            length = ((uint64_t)buf[pos + 2] << 8) | buf[pos + 3];
+            hlen = 4;
+        }
+        else if (length == 127) {
+            int k;
+            if (end - pos < 10) {
+                break;
+            }
+            length = 0;
+            for (k = 2; k < 10; k++) {
+                length = (length << 8) | buf[pos + k];
+            }
+            if (length > (uint64_t)PY_SSIZE_T_MAX) {
+                break;
+            }
+            hlen = 10;
+        }
+        if (masked) {
+            hlen += 4;
+        }
+        if (max_size >= 0 && length > (uint64_t)max_size) {
+            break;
+        }
+        start = pos + hlen;
+        if (start > end || (uint64_t)(end - start) < length) {
+            break;
+        }
+        if (b0 == 0x82) {
+            msg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+            if (msg == NULL) {
+                return NULL;
+            }
+            if (masked) {
+                xor_mask((unsigned char *)PyBytes_AS_STRING(msg), buf + start,
+                         (Py_ssize_t)length, buf + start - 4, 0);
+            }
+            else {
+                memcpy(PyBytes_AS_STRING(msg), buf + start, (size_t)length);
+            }
+        }
+        else if (!masked) {
+            msg = PyUnicode_DecodeUTF8((const char *)buf + start, (Py_ssize_t)length, NULL);
+        }
+        else {
+            unsigned char small[512];
+            unsigned char *tmp = small;
+            if (length > sizeof(small)) {
+                tmp = PyMem_Malloc((size_t)length);
+                if (tmp == NULL) {
+                    return PyErr_NoMemory();
+                }
+            }
+            xor_mask(tmp, buf + start, (Py_ssize_t)length, buf + start - 4, 0);
+            msg = PyUnicode_DecodeUTF8((const char *)tmp, (Py_ssize_t)length, NULL);
+            if (tmp != small) {
+                PyMem_Free(tmp);
+            }
+        }
+        if (msg == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                PyErr_Clear();  /* invalid UTF-8: the Python code fails the connection */
+                break;
+            }
+            return NULL;
+        }
+        res = PyObject_CallOneArg(append, msg);
+        Py_DECREF(msg);
+        if (res == NULL) {
+            return NULL;
+        }
+        Py_DECREF(res);
+        pos = start + (Py_ssize_t)length;
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
 static PyMethodDef speedups_methods[] = {
+    {"parse_simple", (PyCFunction)(void (*)(void))parse_simple, METH_FASTCALL,
+     "parse_simple(data, pos, masked, max_size, append) -> int: take whole unfragmented "
+     "text/binary frames from data[pos:], call append with each message, return where "
+     "the first frame left to the Python code starts."},
     {"unmask_join", unmask_join, METH_VARARGS,
      "unmask_join(parts, mask) -> bytes: join the buffers, XOR with the mask as one payload."},
     {"apply_mask", apply_mask, METH_VARARGS,

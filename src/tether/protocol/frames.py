@@ -12,6 +12,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from ..exceptions import ProtocolError
@@ -32,6 +33,7 @@ __all__ = [
     "build_header",
     "check_close_code",
     "parse_frame",
+    "parse_simple",
     "unmask_join",
     "unmask_join_py",
 ]
@@ -91,12 +93,18 @@ class _ApplyMask(TypingProtocol):
     ) -> bytes: ...
 
 
+#: The C hot path of ``Protocol.receive_data`` (whole unfragmented text and binary
+#: frames), or ``None``: its pure-Python twin is the general frame loop there.
+ParseSimple = Callable[[bytes, int, bool, int, Callable[[Any], None]], int]
+parse_simple: ParseSimple | None = None
+
 apply_mask: _ApplyMask = apply_mask_py
 unmask_join: Callable[[Sequence[bytes | bytearray | memoryview], bytes], bytes] = unmask_join_py
 if os.environ.get("TETHER_NO_SPEEDUPS") != "1":
     try:
         from .._speedups import (  # type: ignore[no-redef,unused-ignore]
             apply_mask,
+            parse_simple,
             unmask_join,
         )
     except ImportError:  # not built: no C compiler, or a platform without it
