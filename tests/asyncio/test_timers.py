@@ -169,3 +169,14 @@ def test_keepalive_of_a_second_is_coarse_and_still_pings(run_any: Run) -> None:
             await peer.close()
 
     run_any(main())
+
+
+def test_a_loop_without_weak_references_still_gets_timers() -> None:
+    class Loop:
+        __slots__ = ()  # no __weakref__
+
+        def __hash__(self) -> int:
+            return 1
+
+    loop: Any = Loop()
+    assert isinstance(_timers.timers_for(loop), _timers.Timers)

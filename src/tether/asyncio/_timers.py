@@ -114,7 +114,10 @@ _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Timers] = (
 
 def timers_for(loop: asyncio.AbstractEventLoop) -> Timers:
     """The :class:`Timers` of ``loop`` (one per loop, created on first use)."""
-    timers = _by_loop.get(loop)
-    if timers is None:
-        timers = _by_loop[loop] = Timers()
+    try:
+        timers = _by_loop.get(loop)
+        if timers is None:
+            timers = _by_loop[loop] = Timers()
+    except TypeError:  # a loop class without weak references: timers of its own
+        timers = Timers()
     return timers
