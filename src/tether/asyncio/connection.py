@@ -26,7 +26,7 @@ from ..exceptions import (
     ConnectionClosedOK,
     InvalidState,
 )
-from ..protocol.connection import Ping, Pong, Protocol, Side, State
+from ..protocol.connection import LARGE_PAYLOAD, Ping, Pong, Protocol, Side, State
 from ..protocol.frames import Close
 from ..protocol.http import Request, Response
 from ._timers import Cancellable, timers_for
@@ -532,7 +532,10 @@ class Connection(asyncio.Protocol):
             await self._raise_closed()
         if isinstance(message, (str, bytes, bytearray, memoryview)):
             protocol = self.protocol
-            head, tail = protocol.send_message_parts(message)
+            if len(message) < LARGE_PAYLOAD:
+                head, tail = protocol.send_message(message), b""
+            else:
+                head, tail = protocol.send_message_parts(message)
             if tail:
                 assert self.transport is not None
                 self._write(head)

@@ -62,6 +62,7 @@ _unpack_u64 = struct.Struct("!Q").unpack_from
 _urandom = os.urandom
 MASK_POOL = 256  # bytes of os.urandom drawn at a time for client masks (64 masks)
 LARGE_PAYLOAD = 256 * 1024
+_pack_h8 = struct.Struct("!BB").pack
 """Payloads from this size on are returned apart from their frame header by
 :meth:`Protocol.send_message_parts` (a server's, uncompressed): joining them would copy
 more than an extra write costs."""
@@ -652,7 +653,10 @@ class Protocol:
         if self.tracer is not None or self._mask_out:
             return self._frame(opcode, payload, True)
         # Hot path for servers: header and payload, no copy beyond the concatenation.
-        return build_header(opcode, len(payload), True) + payload
+        n = len(payload)
+        if n < 126:
+            return _pack_h8(0x80 | opcode, n) + payload
+        return build_header(opcode, n, True) + payload
 
     def send_message_parts(
         self, message: str | bytes | bytearray | memoryview
