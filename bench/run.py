@@ -69,6 +69,8 @@ LIBS: dict[str, Lib] = {
     "limit": Lib("echo_limit.py", "asyncio", "-", deflate=False),
     # the limit, with each echo written by an awaiting task: the floor of a coroutine API
     "limit-coro": Lib("echo_limit_coro.py", "asyncio", "-", deflate=False),
+    # the limit for whole messages: a frame is written back once all of it is in
+    "limit-msg": Lib("echo_limit_msg.py", "asyncio", "-", deflate=False),
 }
 DEFAULT_LIBS = "tether,websockets,aiohttp,picows,picows-websockets"
 REFERENCE = "websockets"

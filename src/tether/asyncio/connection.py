@@ -38,6 +38,8 @@ Data = str | bytes
 #: that arrived before the offending frame (see Protocol._fail).
 FAIL_GRACE = 1.0
 _DEBUG = logging.DEBUG
+#: Bytes of a large payload written together with its frame header (copied once).
+_FIRST_PIECE = 64 * 1024
 # Round trips are timed with a fine clock: uvloop's loop.time() has 1 ms steps.
 _clock = time.perf_counter
 _OPCODE_NAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "PONG"}
@@ -537,9 +539,13 @@ class Connection(asyncio.Protocol):
             else:
                 head, tail = protocol.send_message_parts(message)
             if tail:
+                # A large payload, not copied into one frame: its header goes out with
+                # the payload's first bytes, so that the peer never gets a lone header
+                # segment (on loopback its TCP receive path runs in this process).
                 assert self.transport is not None
-                self._write(head)
-                self.transport.write(tail)
+                view = memoryview(tail)
+                self._write(head + view[:_FIRST_PIECE])
+                self.transport.write(view[_FIRST_PIECE:])
             elif protocol.messages:
                 # More received messages are waiting: this is likely one reply of a
                 # burst. Write the burst's frames together, one system call.
