@@ -36,11 +36,11 @@ class Echo(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.head is None:
+            self.echo(data)
+            return
         transport = self.transport
         assert transport is not None
-        if self.head is None:
-            transport.write(data)
-            return
         self.head += data
         end = self.head.find(b"\r\n\r\n")
         if end < 0:
@@ -49,7 +49,18 @@ class Echo(asyncio.Protocol):
             return
         rest = self.head[end + 4 :]
         self.head = None
-        transport.write(RESPONSE + rest)
+        transport.write(RESPONSE)
+        self.opened(rest)
+
+    def opened(self, rest: bytes) -> None:
+        """The handshake is answered; ``rest`` came after the request head."""
+        if rest:
+            self.echo(rest)
+
+    def echo(self, data: bytes) -> None:
+        """Bytes after the handshake: straight back."""
+        assert self.transport is not None
+        self.transport.write(data)
 
     def eof_received(self) -> bool:
         return False  # close our side too

@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import _common
-from echo_limit import MAX_HEAD, RESPONSE, Echo, serve_protocol
+from echo_limit import Echo, serve_protocol
 
 
 class CoroEcho(Echo):
@@ -28,24 +28,13 @@ class CoroEcho(Echo):
         self.closed = False
         self.task: asyncio.Task[None] | None = None
 
-    def data_received(self, data: bytes) -> None:
-        if self.head is None:
-            self.chunks.append(data)
-            waiter = self.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            return
-        transport = self.transport
-        assert transport is not None
-        self.head += data
-        end = self.head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.head) > MAX_HEAD:
-                transport.abort()
-            return
-        rest = self.head[end + 4 :]
-        self.head = None
-        transport.write(RESPONSE)
+    def echo(self, data: bytes) -> None:
+        self.chunks.append(data)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def opened(self, rest: bytes) -> None:
         if rest:
             self.chunks.append(rest)
         self.task = asyncio.get_running_loop().create_task(self.handler())

@@ -12,12 +12,11 @@ coroutine is woken. The canned handshake is the limit row's.
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import Any
 
 import _common
-from echo_limit import MAX_HEAD, RESPONSE, serve_protocol
+from echo_limit import Echo, serve_protocol
 
 
 def frame_size(buf: bytearray, pos: int) -> int:
@@ -42,28 +41,14 @@ def frame_size(buf: bytearray, pos: int) -> int:
     return size + length
 
 
-class StoreAndForward(asyncio.Protocol):
+class StoreAndForward(Echo):
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.head: bytes | None = b""  # None once the handshake is done
+        super().__init__()
         self.buf = bytearray()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-
-    def data_received(self, data: bytes) -> None:
+    def echo(self, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        if self.head is not None:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.head) > MAX_HEAD:
-                    transport.abort()
-                return
-            data = self.head[end + 4 :]
-            self.head = None
-            transport.write(RESPONSE)
         buf = self.buf
         buf += data
         pos = 0
@@ -80,17 +65,6 @@ class StoreAndForward(asyncio.Protocol):
             # Every complete frame in one write; the incomplete rest stays.
             transport.write(buf[:pos])
             del buf[:pos]
-
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
 
 
 def start(port: int, compression: bool) -> AbstractAsyncContextManager[Any]:
