@@ -282,14 +282,13 @@ class Connection(asyncio.Protocol):
             if type(event) is Pong:
                 self._pong_received(event.data)
             elif type(event) is Close:
+                # A waiting recv() is not woken: it would only wait for the end of the
+                # TCP connection, which wakes it.
                 if self._debug:
                     self.logger.debug(
                         "[%s] < close frame received: code %d reason %r; state CLOSING",
                         self.id, event.code, event.reason,
                     )
-                waiter = self._recv_waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
             else:
                 assert type(event) is Ping
 
@@ -335,6 +334,20 @@ class Connection(asyncio.Protocol):
         if self._wbuf:
             self._flush()
         if protocol.close_expected() and not transport.is_closing():
+            if protocol.exc is None and protocol.close_rcvd is not None:
+                # The closing handshake is complete and the peer sends nothing after
+                # its close frame: close at once, without waiting for its EOF.
+                if self._debug:
+                    self.logger.debug("[%s] x closing the TCP connection", self.id)
+                transport.close()
+                timeout = self.close_timeout
+                if (timeout is not None and self._close_handle is None
+                        and transport.get_write_buffer_size()):
+                    # close() waits for the buffer to drain: bound that wait.
+                    self._close_handle = self._timers.call_later(
+                        self.loop, timeout, self._close_timed_out
+                    )
+                return
             if self._debug:
                 self.logger.debug("[%s] x half-closing the TCP connection", self.id)
             try:
