@@ -294,7 +294,221 @@ parse_simple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(pos);
 }
 
+
+/* ------------------------------------------------------------------ HTTP heads */
+
+/* RFC 9110 5.6.2: tchar. */
+static unsigned char is_tchar[256];
+
+static void
+init_tchar(void)
+{
+    const char *extra = "!#$%&'*+-.^_`|~";
+    int c;
+    for (c = '0'; c <= '9'; c++) is_tchar[c] = 1;
+    for (c = 'a'; c <= 'z'; c++) is_tchar[c] = 1;
+    for (c = 'A'; c <= 'Z'; c++) is_tchar[c] = 1;
+    for (; *extra; extra++) is_tchar[(unsigned char)*extra] = 1;
+}
+
+/* An ASCII str from n bytes known to be ASCII. */
+static PyObject *
+ascii_str(const unsigned char *s, Py_ssize_t n)
+{
+    PyObject *u = PyUnicode_New(n, 127);
+    if (u != NULL) {
+        memcpy(PyUnicode_1BYTE_DATA(u), s, (size_t)n);
+    }
+    return u;
+}
+
+static int
+name_is(const unsigned char *s, Py_ssize_t n, const char *lower)
+{
+    Py_ssize_t i;
+    if ((Py_ssize_t)strlen(lower) != n) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (unsigned char)(c + 32);
+        }
+        if (c != (unsigned char)lower[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* parse_head(head, response) -> (a, b, version, [(name, value), ...]) or None.
+     *
+     * head is a whole HTTP/1.x head ending with CRLF CRLF. None unless it is plain:
+     * a request line "token SP target SP HTTP/1.x" (a: method, b: target) or a status
+     * line "HTTP/1.1 101[ SP reason]" (a: 101, b: reason); header lines "token:" then
+     * printable ASCII or tabs, without folding; for a request no body header and, in
+     * HTTP/1.1, exactly one Host. Values are stripped of spaces and tabs. The Python
+     * twin is tether.protocol.handshake.parse_head_py. */
+    PyObject *obj, *a = NULL, *b = NULL, *version = NULL, *items = NULL;
+    const unsigned char *p, *q, *stop;
+    Py_ssize_t n;
+    int response, hosts = 0, http11;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parse_head(head, response) takes 2 arguments");
+        return NULL;
+    }
+    obj = args[0];
+    if (!PyBytes_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "head must be bytes");
+        return NULL;
+    }
+    response = PyObject_IsTrue(args[1]);
+    if (response < 0) {
+        return NULL;
+    }
+    p = (const unsigned char *)PyBytes_AS_STRING(obj);
+    n = PyBytes_GET_SIZE(obj);
+    if (n < 4 || memcmp(p + n - 4, "\r\n\r\n", 4) != 0) {
+        Py_RETURN_NONE;
+    }
+    /* Every scan below stops at a CR at the latest: the head ends with CRLF CRLF. */
+    stop = p + n - 2;
+    if (response) {
+        if (n < 16 || memcmp(p, "HTTP/1.1 101", 12) != 0) {
+            Py_RETURN_NONE;
+        }
+        q = p + 12;
+        if (*q == ' ') {
+            q++;
+            p = q;
+            while ((*q >= 0x20 && *q <= 0x7e) || *q == '\t') {
+                q++;
+            }
+        }
+        else {
+            p = q;
+        }
+        if (q[0] != '\r' || q[1] != '\n') {
+            Py_RETURN_NONE;
+        }
+        a = PyLong_FromLong(101);
+        if (a == NULL) goto error;
+        b = ascii_str(p, q - p);
+        if (b == NULL) goto error;
+        http11 = 1;
+        p = q + 2;
+    }
+    else {
+        q = p;
+        while (is_tchar[*q]) {
+            q++;
+        }
+        if (q == p || *q != ' ') {
+            Py_RETURN_NONE;
+        }
+        a = ascii_str(p, q - p);
+        if (a == NULL) goto error;
+        p = ++q;
+        while (*q >= 0x21 && *q <= 0x7e) {
+            q++;
+        }
+        if (q == p || *q != ' ' || stop - q < 11 || memcmp(q + 1, "HTTP/1.", 7) != 0
+                || (q[8] != '0' && q[8] != '1') || q[9] != '\r' || q[10] != '\n') {
+            Py_DECREF(a);
+            Py_RETURN_NONE;
+        }
+        b = ascii_str(p, q - p);
+        if (b == NULL) goto error;
+        http11 = q[8] == '1';
+        p = q + 11;
+    }
+    version = PyUnicode_FromString(http11 ? "1.1" : "1.0");
+    if (version == NULL) goto error;
+    items = PyList_New(0);
+    if (items == NULL) goto error;
+    while (p < stop) {
+        const unsigned char *name = p, *value, *end;
+        Py_ssize_t name_len;
+        PyObject *pair;
+        int rc;
+
+        while (is_tchar[*p]) {
+            p++;
+        }
+        name_len = p - name;
+        if (name_len == 0 || *p != ':') {
+            goto plain_not;
+        }
+        p++;
+        while (*p == ' ' || *p == '\t') {
+            p++;
+        }
+        value = p;
+        while ((*p >= 0x20 && *p <= 0x7e) || *p == '\t') {
+            p++;
+        }
+        if (p[0] != '\r' || p[1] != '\n') {
+            goto plain_not;
+        }
+        end = p;
+        while (end > value && (end[-1] == ' ' || end[-1] == '\t')) {
+            end--;
+        }
+        p += 2;
+        if (!response) {
+            if (name_is(name, name_len, "host")) {
+                hosts++;
+            }
+            else if (name_is(name, name_len, "content-length")
+                     || name_is(name, name_len, "transfer-encoding")) {
+                goto plain_not;  /* h11 checks bodies */
+            }
+        }
+        pair = PyTuple_New(2);
+        if (pair == NULL) goto error;
+        PyTuple_SET_ITEM(pair, 0, ascii_str(name, name_len));
+        PyTuple_SET_ITEM(pair, 1, ascii_str(value, end - value));
+        if (PyTuple_GET_ITEM(pair, 0) == NULL || PyTuple_GET_ITEM(pair, 1) == NULL) {
+            Py_DECREF(pair);
+            goto error;
+        }
+        rc = PyList_Append(items, pair);
+        Py_DECREF(pair);
+        if (rc < 0) goto error;
+    }
+    if (!response && http11 && hosts != 1) {
+        goto plain_not;
+    }
+    obj = PyTuple_Pack(4, a, b, version, items);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    Py_DECREF(version);
+    Py_DECREF(items);
+    return obj;
+
+plain_not:
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(version);
+    Py_XDECREF(items);
+    Py_RETURN_NONE;
+
+error:
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(version);
+    Py_XDECREF(items);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
+    {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL,
+     "parse_head(head, response) -> (a, b, version, items) or None: a plain HTTP/1.x "
+     "request head, or a 101 response head, split into parts."},
     {"parse_simple", (PyCFunction)(void (*)(void))parse_simple, METH_FASTCALL,
      "parse_simple(data, pos, masked, max_size, append) -> int: take whole unfragmented "
      "text/binary frames from data[pos:], call append with each message, return where "
@@ -315,5 +529,6 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    init_tchar();
     return PyModule_Create(&speedups_module);
 }

@@ -8,3 +8,6 @@ def unmask_join(parts: Sequence[bytes | bytearray | memoryview], mask: bytes, /)
 def parse_simple(
     data: bytes, pos: int, masked: bool, max_size: int, append: Callable[[Any], None], /
 ) -> int: ...
+def parse_head(
+    head: bytes, response: bool, /
+) -> tuple[Any, str, str, list[tuple[str, str]]] | None: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -753,15 +753,18 @@ class TestSection4_1ClientChecksResponse:
             client.receive_data(raw)
 
 
-# ------------------------------------------- the httptools fast path and h11 agree
+# ------------------------------------- the fast path (C and Python twin) and h11 agree
 
 
-def _server_outcome(data: bytes, chunk: int | None, fast: bool) -> tuple[Any, ...]:
-    """Feed ``data`` to a ServerHandshake (fast path on or off); describe what came out:
-    the request, its trailing bytes and the answer, or the status of the error."""
-    saved = handshake_module.httptools
-    if not fast:
-        handshake_module.httptools = None
+Parser = Callable[[bytes, bool], Any] | None
+
+
+def _server_outcome(data: bytes, chunk: int | None, parser: Parser) -> tuple[Any, ...]:
+    """Feed ``data`` to a ServerHandshake (fast path with ``parser``, or off: None);
+    describe what came out: the request, its trailing bytes and the answer, or the
+    status of the error."""
+    saved = handshake_module.parse_head
+    handshake_module.parse_head = parser
     try:
         handshake = ServerHandshake(max_headers=20, max_head_size=1024)
         request = None
@@ -785,12 +788,12 @@ def _server_outcome(data: bytes, chunk: int | None, fast: bool) -> tuple[Any, ..
             handshake._h11 is None,  # whether the fast path took it
         )
     finally:
-        handshake_module.httptools = saved
+        handshake_module.parse_head = saved
 
 
-def _assert_same(data: bytes, chunk: int | None = None) -> tuple[Any, ...]:
-    fast = _server_outcome(data, chunk, fast=True)
-    slow = _server_outcome(data, chunk, fast=False)
+def _assert_same(data: bytes, parser: Parser, chunk: int | None = None) -> tuple[Any, ...]:
+    fast = _server_outcome(data, chunk, parser)
+    slow = _server_outcome(data, chunk, None)
     if fast[0] == "request":
         assert fast[:-1] == slow[:-1], data
         assert fast[-2] == slow[-2]
@@ -799,8 +802,14 @@ def _assert_same(data: bytes, chunk: int | None = None) -> tuple[Any, ...]:
     return fast
 
 
-needs_httptools = pytest.mark.skipif(
-    handshake_module.httptools is None, reason="httptools not installed (or TETHER_NO_SPEEDUPS)"
+try:
+    from tether._speedups import parse_head as parse_head_c
+except ImportError:  # not built
+    parse_head_c = None
+
+# The C parser and its pure-Python twin, each checked against h11.
+PARSERS = [pytest.param(handshake_module.parse_head_py, id="py")] + (
+    [pytest.param(parse_head_c, id="c")] if parse_head_c is not None else []
 )
 
 ODD_REQUESTS = {
@@ -843,23 +852,23 @@ ODD_REQUESTS = {
 }
 
 
-@needs_httptools
+@pytest.mark.parametrize("parser", PARSERS)
 class TestFastPath:
-    """With httptools installed a server reads common requests with it; whatever the
-    bytes, the outcome (request, trailing bytes, answer or error status) is h11's."""
+    """A server reads common requests with parse_head; whatever the bytes, the outcome
+    (request, trailing bytes, answer or error status) is h11's."""
 
     @pytest.mark.parametrize("name", list(ODD_REQUESTS))
     @pytest.mark.parametrize("chunk", [None, 1, 7])
-    def test_same_outcome_as_h11(self, name: str, chunk: int | None) -> None:
-        _assert_same(ODD_REQUESTS[name], chunk)
+    def test_same_outcome_as_h11(self, name: str, chunk: int | None, parser: Parser) -> None:
+        _assert_same(ODD_REQUESTS[name], parser, chunk)
 
     @pytest.mark.parametrize("name", ["plain", "with frames after", "tab in value",
                                       "lower-case names", "padded values", "head just fits"])
-    def test_fast_path_takes_common_requests(self, name: str) -> None:
-        outcome = _assert_same(ODD_REQUESTS[name])
+    def test_fast_path_takes_common_requests(self, name: str, parser: Parser) -> None:
+        outcome = _assert_same(ODD_REQUESTS[name], parser)
         assert outcome[0] == "request" and outcome[-1], "h11 was used"
 
-    def test_trailing_bytes_after_the_head_are_kept(self) -> None:
+    def test_trailing_bytes_after_the_head_are_kept(self, parser: Parser) -> None:
         handshake = ServerHandshake()
         request = handshake.receive_data(request_bytes() + b"ab")
         assert request is not None and handshake._h11 is None
@@ -877,18 +886,61 @@ class TestFastPath:
         ),
         chunk=st.sampled_from([None, 1, 5]),
     )
-    def test_random_headers(self, lines: list[tuple[str, str]], chunk: int | None) -> None:
-        _assert_same(request_bytes(extra=lines), chunk)
+    def test_random_headers(
+        self, lines: list[tuple[str, str]], chunk: int | None, parser: Parser
+    ) -> None:
+        _assert_same(request_bytes(extra=lines), parser, chunk)
+
+
+@pytest.mark.skipif(parse_head_c is None, reason="tether._speedups is not built")
+class TestParseHeadTwins:
+    """The C parse_head and its pure-Python twin give the same parts for any bytes."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        start=st.sampled_from([
+            b"GET / HTTP/1.1\r\n", b"GET /a?b HTTP/1.0\r\n", b"HTTP/1.1 101 OK\r\n",
+            b"HTTP/1.1 101\r\n", b"HTTP/1.1 101 \r\n", b"GET / HTTP/1.1\r\n",
+            b"HTTP/1.1 1010\r\n", b"GET  / HTTP/1.1\r\n", b"GET / HTTP/1.2\r\n",
+        ]),
+        host=st.booleans(),
+        lines=st.lists(
+            st.tuples(
+                st.sampled_from([b"X-A", b"Upgrade", b"X-B", b"HOST", b"content-Length",
+                                 b"Transfer-encoding", b" X", b"X(", b""]),
+                st.sampled_from([b" v ", b"\tv", b"a\tb", b"", b"  ", b"v\t", b"w"])
+                | st.binary(max_size=4),
+            ),
+            max_size=4,
+        ),
+        end=st.sampled_from([b"\r\n", b"\r\n", b"\n", b""]),
+    )
+    def test_same_parts(
+        self, start: bytes, host: bool, lines: list[tuple[bytes, bytes]], end: bytes
+    ) -> None:
+        if host:
+            lines = [(b"Host", b"h"), *lines]
+        head = start + b"".join(n + b":" + v + b"\r\n" for n, v in lines) + end
+        assert parse_head_c is not None
+        for response in (False, True):
+            assert parse_head_c(head, response) == handshake_module.parse_head_py(head, response)
+
+    @settings(max_examples=300, deadline=None)
+    @given(head=st.binary(max_size=64), response=st.booleans())
+    def test_same_parts_for_any_bytes(self, head: bytes, response: bool) -> None:
+        assert parse_head_c is not None
+        request = b"GET / HTTP/1.1\r\nHost: h\r\n" + head + b"\r\n\r\n"
+        for data in (head, head + b"\r\n\r\n", request):
+            assert parse_head_c(data, response) == handshake_module.parse_head_py(data, response)
 
 
 def _client_outcome(
-    response: bytes | None, chunk: int | None, fast: bool, **options: Any
+    response: bytes | None, chunk: int | None, parser: Parser, **options: Any
 ) -> tuple[Any, ...]:
-    """A ClientHandshake (fast path on or off): its request bytes, then what reading
-    ``response`` (``None``: a plain 101 for its key; then EOF) gives."""
-    saved = handshake_module.httptools
-    if not fast:
-        handshake_module.httptools = None
+    """A ClientHandshake (fast path with ``parser``, or off: None): its request bytes,
+    then what reading ``response`` (``None``: a plain 101 for its key; then EOF) gives."""
+    saved = handshake_module.parse_head
+    handshake_module.parse_head = parser
     try:
         handshake = ClientHandshake("server.example.com", "/chat?x=1", max_headers=20,
                                     max_head_size=1024, **options)
@@ -916,7 +968,7 @@ def _client_outcome(
         return (request, result.status, result.reason, result.headers.raw_items(),
                 result.body, trailing, handshake._h11 is None)
     finally:
-        handshake_module.httptools = saved
+        handshake_module.parse_head = saved
 
 
 ODD_RESPONSES: dict[str, bytes | None] = {
@@ -940,27 +992,29 @@ ODD_RESPONSES: dict[str, bytes | None] = {
 }
 
 
-@needs_httptools
+@pytest.mark.parametrize("parser", PARSERS)
 class TestClientFastPath:
-    """With httptools a client writes its request and reads a plain 101 without h11;
-    the bytes written and whatever is read give what h11 gives."""
+    """A client writes its request and reads a plain 101 without h11; the bytes
+    written and whatever is read give what h11 gives."""
 
     @pytest.mark.parametrize("name", list(ODD_RESPONSES))
     @pytest.mark.parametrize("chunk", [None, 1, 9])
-    def test_same_outcome_as_h11(self, name: str, chunk: int | None) -> None:
-        fast = _client_outcome(ODD_RESPONSES[name], chunk, fast=True)
-        slow = _client_outcome(ODD_RESPONSES[name], chunk, fast=False)
+    def test_same_outcome_as_h11(self, name: str, chunk: int | None, parser: Parser) -> None:
+        fast = _client_outcome(ODD_RESPONSES[name], chunk, parser)
+        slow = _client_outcome(ODD_RESPONSES[name], chunk, None)
         assert fast[:6] == slow[:6]
 
-    def test_fast_path_takes_a_plain_101(self) -> None:
-        outcome = _client_outcome(None, None, fast=True)
+    def test_fast_path_takes_a_plain_101(self, parser: Parser) -> None:
+        outcome = _client_outcome(None, None, parser)
         assert outcome[1] == 101 and outcome[5] == b"\x81\x00" and outcome[-1]
 
     @pytest.mark.parametrize("headers", [
         {"X-A": "v"}, {"X-A": " v"}, {"X-A": "a\tb"}, {"X-A": "caf\xe9"}, {"X-A": "a\x01"},
         {"X(A)": "v"}, {"X-A": ""}, {"X-A": "a  b"},
     ])
-    def test_request_bytes_as_h11_writes_them(self, headers: dict[str, str]) -> None:
-        fast = _client_outcome(None, None, fast=True, additional_headers=headers)
-        slow = _client_outcome(None, None, fast=False, additional_headers=headers)
+    def test_request_bytes_as_h11_writes_them(
+        self, headers: dict[str, str], parser: Parser
+    ) -> None:
+        fast = _client_outcome(None, None, parser, additional_headers=headers)
+        slow = _client_outcome(None, None, None, additional_headers=headers)
         assert fast[:6] == slow[:6]

@@ -1,12 +1,12 @@
 """RFC 6455 section 4: the opening handshake, on top of h11.
 
-h11 parses and serialises the HTTP/1.1 heads, with a bound on their size. When httptools
-(the ``tether[speedups]`` extra: llhttp, the C parser of Node.js) is installed, a
-server reads the common request first with it, ten times faster: a head made only of
-printable ASCII with CRLF line ends, no body, token header names and one Host header.
-Anything else (and anything httptools refuses) goes to h11 from its first byte, so what
-is accepted and every error status are h11's either way (``TETHER_NO_SPEEDUPS=1``
-turns the fast path off).
+h11 parses and serialises the HTTP/1.1 heads, with a bound on their size. The common
+heads take a fast path first, several times faster: a request head or a ``101``
+response head made only of printable ASCII with CRLF line ends, token header names, no
+folding, no body and (a request) one Host header is split by :func:`parse_head` (C in
+``tether._speedups`` when it is built, else its pure-Python twin). Anything else goes to
+h11 from its first byte, so what is accepted and every error status are h11's either
+way.
 
 This module adds what makes them a WebSocket handshake: the key and accept values,
 the Upgrade / Connection / Version checks, Origin, subprotocol and extension
@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
-from types import ModuleType
+from typing import Any
 
 import h11
 
@@ -37,16 +37,6 @@ from ..exceptions import (
     NegotiationError,
 )
 from .http import Headers, HeadersLike, Request, Response
-
-httptools: ModuleType | None
-try:
-    if os.environ.get("TETHER_NO_SPEEDUPS") == "1":
-        raise ImportError("TETHER_NO_SPEEDUPS=1")
-    import httptools as _httptools
-except ImportError:  # not installed: h11 parses everything
-    httptools = None
-else:
-    httptools = _httptools
 
 __all__ = [
     "GUID",
@@ -72,75 +62,88 @@ SERVER_AGENT = "tether"
 # RFC 9110 5.1 and 5.5: what a header name and value may hold.
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# A request head the fast path may take: printable ASCII (and tabs in header lines),
-# CRLF line ends, no line folding.
-_CLEAN_HEAD = re.compile(rb"[\x20-\x7e]+\r\n(?:[\x21-\x7e][\x20-\x7e\t]*\r\n)*\r\n")
 # A byte that no head the fast path takes contains: h11 reads such a stream at once.
 _UNUSUAL = re.compile(rb"[^\x20-\x7e\t\r\n]")
-_TOKEN_BYTES = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(rb"[\x21-\x7e]+")
+# The plain heads parse_head_py takes (on text decoded as latin-1).
+_REQUEST_LINE = re.compile(r"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n")
+_STATUS_101 = re.compile(r"HTTP/1\.1 101(?: ([\x20-\x7e\t]*))?\r\n")
+_HEADER_LINE = re.compile(r"([-!#$%&'*+.^_`|~0-9A-Za-z]+):([\x20-\x7e\t]*)\r\n")
 _TARGET_STR = re.compile(r"[\x21-\x7e]+")
 _PLAIN_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
 
 
-class _Head:
-    """httptools callbacks: the parts of one request or response head."""
+#: What :func:`parse_head` gives: (method or status, target or reason, HTTP version,
+#: header pairs).
+HeadParts = tuple[Any, str, str, list[tuple[str, str]]]
 
-    __slots__ = ("complete", "headers", "reason", "target")
 
-    def __init__(self) -> None:
-        self.target = b""
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.complete = False
+def parse_head_py(head: bytes, response: bool) -> HeadParts | None:
+    """Split a whole, *plain* HTTP/1.x head into its parts; ``None`` when h11 must read it.
 
-    def on_url(self, url: bytes) -> None:
-        self.target += url
+    Plain: a request line ``token SP target SP HTTP/1.x`` (``response=False``) or a
+    status line ``HTTP/1.1 101[ SP reason]`` (``response=True``); header lines
+    ``token:value`` of printable ASCII and tabs, without folding; for a request, no body
+    header and, in HTTP/1.1, exactly one Host. h11 accepts every such head and reads
+    it the same way (the tests check this). Values are stripped of spaces and tabs.
+    The twin of the C ``tether._speedups.parse_head``, used when that is not built.
+    """
+    if not head.endswith(b"\r\n\r\n"):
+        return None
+    text = head.decode("latin-1")
+    first: Any
+    if response:
+        m = _STATUS_101.match(text)
+        if m is None:
+            return None
+        first, second, version = 101, m.group(1) or "", "1.1"
+    else:
+        m = _REQUEST_LINE.match(text)
+        if m is None:
+            return None
+        first, second, minor = m.groups()
+        version = "1.1" if minor == "1" else "1.0"
+    pos = m.end()
+    end = len(text) - 2
+    items: list[tuple[str, str]] = []
+    hosts = 0
+    match = _HEADER_LINE.match
+    while pos < end:
+        line = match(text, pos)
+        if line is None:
+            return None
+        name, value = line.groups()
+        if not response:
+            lower = name.lower()
+            if lower == "host":
+                hosts += 1
+            elif lower == "content-length" or lower == "transfer-encoding":
+                return None  # h11 checks bodies
+        items.append((name, value.strip(" \t")))
+        pos = line.end()
+    if not response and hosts != 1 and version == "1.1":
+        return None
+    return first, second, version, items
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value.strip(b" \t")))
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
+#: The head parser of the fast path: C when ``tether._speedups`` is built, else the
+#: pure-Python twin; ``None`` (in tests) sends every head to h11.
+parse_head: Callable[[bytes, bool], HeadParts | None] | None = parse_head_py
+if os.environ.get("TETHER_NO_SPEEDUPS") != "1":
+    try:
+        from .._speedups import parse_head  # type: ignore[no-redef,unused-ignore]
+    except ImportError:  # not built
+        pass
 
 
 def _fast_request(head: bytes) -> Request | None:
-    """Parse a whole request head with httptools; ``None`` when h11 must decide."""
-    if httptools is None or not _CLEAN_HEAD.fullmatch(head):
+    """The request of a whole plain head, without h11; ``None`` when h11 must decide."""
+    parts = parse_head(head, False) if parse_head is not None else None
+    if parts is None:
         return None
-    parts = _Head()
-    parser = httptools.HttpRequestParser(parts)
-    try:
-        parser.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError:
-        return None
-    version = parser.get_http_version()
-    if not parts.complete or not _TARGET.fullmatch(parts.target) or version not in ("1.1", "1.0"):
-        return None
-    hosts = 0
-    for name, _ in parts.headers:
-        if not _TOKEN_BYTES.fullmatch(name):
-            return None
-        lower = name.lower()
-        if lower == b"host":
-            hosts += 1
-        elif lower == b"content-length" or lower == b"transfer-encoding":
-            return None  # h11 checks bodies
-    if hosts != 1 and version == "1.1":
-        return None
+    method, target, version, items = parts
     headers = Headers()
-    headers._items = [(n.decode("ascii"), v.decode("ascii")) for n, v in parts.headers]
-    return Request(
-        path=parts.target.decode("ascii"),
-        headers=headers,
-        method=parser.get_method().decode("ascii"),
-        http_version=version,
-    )
+    headers._items = items
+    return Request(path=target, headers=headers, method=method, http_version=version)
 
 
 def generate_key() -> str:
@@ -197,9 +200,9 @@ class ServerHandshake:
         self.max_headers = max_headers
         self.max_head_size = max_head_size
         self._received = 0
-        # With httptools: the bytes so far, until the fast path has the head or hands
-        # everything to h11 (created then, or at once without httptools).
-        self._buffer: bytearray | None = bytearray() if httptools is not None else None
+        # The bytes so far, until the fast path has the head or hands everything to h11
+        # (created then, or at once when the fast path is off).
+        self._buffer: bytearray | None = bytearray() if parse_head is not None else None
         self._head_size = 0
         self._h11: h11.Connection | None = None
         if self._buffer is None:
@@ -475,25 +478,13 @@ def _request_head(request: Request) -> bytes | None:
 
 
 def _fast_101(head: bytes, max_headers: int) -> Response | None:
-    """Parse a whole ``101`` response head with httptools; ``None`` when h11 must."""
-    if (httptools is None or not head.startswith(b"HTTP/1.1 101")
-            or not _CLEAN_HEAD.fullmatch(head)):
+    """The ``101`` response of a whole plain head, without h11; ``None`` when h11 must."""
+    parts = parse_head(head, True) if parse_head is not None else None
+    if parts is None or len(parts[3]) > max_headers:
         return None
-    parts = _Head()
-    parser = httptools.HttpResponseParser(parts)
-    try:
-        parser.feed_data(head)
-    except (httptools.HttpParserUpgrade, httptools.HttpParserError):
-        pass  # llhttp stops after the head of a 101, one way or the other
-    if (not parts.complete or parser.get_status_code() != 101
-            or len(parts.headers) > max_headers):
-        return None
-    for name, _ in parts.headers:
-        if not _TOKEN_BYTES.fullmatch(name):
-            return None
     headers = Headers()
-    headers._items = [(n.decode("ascii"), v.decode("ascii")) for n, v in parts.headers]
-    return Response(101, headers, b"", parts.reason.decode("ascii"))
+    headers._items = parts[3]
+    return Response(101, headers, b"", parts[1])
 
 def _fields(headers: Headers) -> dict[str, list[str]]:
     """The header values by lower-case name, for the checks of one message."""
@@ -568,9 +559,9 @@ class ClientHandshake:
             headers["User-Agent"] = user_agent_header
         self.request = Request(path, headers)
         self.response: Response | None = None
-        # As on the server: with httptools, a 101 is read without h11 (and the request
-        # written without it); h11 is created for anything else.
-        self._buffer: bytearray | None = bytearray() if httptools is not None else None
+        # As on the server: a plain 101 is read without h11 (and the request written
+        # without it); h11 is created for anything else.
+        self._buffer: bytearray | None = bytearray() if parse_head is not None else None
         self._head_size = 0
         self._h11: h11.Connection | None = None
         self._status_response: h11.Response | None = None
