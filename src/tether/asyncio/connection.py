@@ -517,6 +517,10 @@ class Connection(asyncio.Protocol):
     async def __anext__(self) -> Data:
         """The next message, for ``async for`` (one coroutine per message, no async
         generator in between)."""
+        if self._open:
+            messages = self.protocol.messages
+            if messages and not self._paused_reading:
+                return messages.popleft()  # what recv() would do, without its coroutine
         try:
             return await self.recv()
         except ConnectionClosedOK:

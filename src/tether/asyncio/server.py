@@ -246,7 +246,8 @@ class ServerConnection(Connection):
             self.logger.error("[%s] connection handler failed", self.id, exc_info=True)
             await self._close_quietly(1011, "")
         else:
-            await self._close_quietly(1000, "")
+            if not self.connection_lost_waiter.done():
+                await self._close_quietly(1000, "")
 
     async def _close_quietly(self, code: int, reason: str) -> None:
         try:

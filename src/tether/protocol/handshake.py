@@ -332,23 +332,28 @@ class ServerHandshake:
         try:
             fields = _fields(request.headers)
             key = self._check_request(request, fields)
-            headers = Headers()
-            headers["Upgrade"] = "websocket"
-            headers["Connection"] = "Upgrade"
-            headers["Sec-WebSocket-Accept"] = accept_key(key)
-            offered = parse_tokens(fields.get("sec-websocket-extensions", ()))
-            if offered and self.extensions is not None:
-                value, state = self.extensions(offered)
-                if value is not None:
-                    headers["Sec-WebSocket-Extensions"] = value
-                    self.extension_state = state
-            protocols = parse_tokens(fields.get("sec-websocket-protocol", ()))
-            self.subprotocol = self._choose_subprotocol(protocols)
+            items = [
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", accept_key(key)),
+            ]
+            offer = fields.get("sec-websocket-extensions")
+            if offer and self.extensions is not None:
+                offered = parse_tokens(offer)
+                if offered:
+                    value, state = self.extensions(offered)
+                    if value is not None:
+                        items.append(("Sec-WebSocket-Extensions", value))
+                        self.extension_state = state
+            offer = fields.get("sec-websocket-protocol")
+            self.subprotocol = self._choose_subprotocol(parse_tokens(offer) if offer else [])
             if self.subprotocol is not None:
-                headers["Sec-WebSocket-Protocol"] = self.subprotocol
+                items.append(("Sec-WebSocket-Protocol", self.subprotocol))
             if self.server_header:
-                headers["Server"] = self.server_header
-            return Response(101, headers, reason="Switching Protocols")
+                items.append(("Server", self.server_header))
+            headers = Headers()
+            headers._items = items  # checked when serialised (send_response)
+            return Response(101, headers, b"", "Switching Protocols")
         except InvalidOrigin as exc:
             self.exc = exc
             return self.reject(403, f"Failed to open a WebSocket connection: {exc}.\n")
@@ -377,11 +382,13 @@ class ServerHandshake:
         if request.http_version != "1.1":
             raise InvalidHandshake(f"HTTP/{request.http_version} is not HTTP/1.1")
         values = fields.get("connection", [])
-        if "upgrade" not in [t.lower() for t in parse_tokens(values)]:
+        if values != ["Upgrade"] and "upgrade" not in [t.lower() for t in parse_tokens(values)]:
             raise InvalidUpgrade("Connection", ", ".join(values) or None,
                                  "Connection header does not include Upgrade")
         values = fields.get("upgrade", [])
-        if "websocket" not in [t.lower() for t in parse_tokens(values)]:
+        if values != ["websocket"] and "websocket" not in [
+            t.lower() for t in parse_tokens(values)
+        ]:
             raise InvalidUpgrade("Upgrade", ", ".join(values) or None,
                                  "Upgrade header does not include websocket")
         version = fields.get("sec-websocket-version", [])
@@ -495,20 +502,36 @@ def _fields(headers: Headers) -> dict[str, list[str]]:
 
 
 def _serialize_head(response: Response) -> bytes:
-    """The bytes of a response head without a body (a 101), after checking each part."""
+    """The bytes of a response head without a body (a 101), after checking each part.
+
+    The headers are left in their compact form (see :class:`Headers`): the lines just
+    written are that form.
+    """
     reason = response.reason
     if _BAD_VALUE.search(reason):
         raise InvalidHandshake(f"invalid reason phrase in the response: {reason!r}")
-    lines = [f"HTTP/1.1 {response.status} {reason}\r\n"]
-    for name, value in response.headers.raw_items():
+    headers = response.headers
+    lines = []
+    exact = True
+    for name, value in headers._items:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise InvalidHandshake(f"invalid header in the response: {name!r}: {value!r}")
-        lines.append(f"{name}: {value.strip()}\r\n")
-    lines.append("\r\n")
+        stripped = value.strip()
+        if stripped != value:
+            exact = False
+        lines.append(f"{name}: {stripped}")
+    block = "\r\n".join(lines)
+    head = f"HTTP/1.1 {response.status} {reason}\r\n{block}\r\n\r\n" if block else (
+        f"HTTP/1.1 {response.status} {reason}\r\n\r\n"
+    )
     try:
-        return "".join(lines).encode("latin-1")
+        data = head.encode("latin-1")
     except UnicodeEncodeError:
         raise InvalidHandshake("a response header is not latin-1 text") from None
+    if exact:
+        headers._list = None
+        headers._block = block
+    return data
 
 
 class ClientHandshake:
