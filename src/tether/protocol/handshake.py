@@ -237,7 +237,7 @@ class ServerHandshake:
                 request = _fast_request(bytes(buffer[:end]))
                 if request is not None:
                     self._head_size = end
-                    return self._got_request(request, end, len(request.headers.raw_items()))
+                    return self._got_request(request, end, len(request.headers._items))
             # Something unusual, or too large: h11 decides, from the first byte.
             self._buffer = None
             data = bytes(buffer)
@@ -280,7 +280,7 @@ class ServerHandshake:
             raise InvalidMessage(f"request has {count} headers, more than {self.max_headers}", 431)
         has_body = False
         upgrade = False
-        for name, value in request.headers.raw_items():
+        for name, value in request.headers._items:
             lower = name.lower()
             if lower == "transfer-encoding" or (lower == "content-length" and value != "0"):
                 has_body = True
@@ -496,7 +496,7 @@ def _fast_101(head: bytes, max_headers: int) -> Response | None:
 def _fields(headers: Headers) -> dict[str, list[str]]:
     """The header values by lower-case name, for the checks of one message."""
     fields: dict[str, list[str]] = {}
-    for name, value in headers.raw_items():
+    for name, value in headers._items:
         fields.setdefault(name.lower(), []).append(value)
     return fields
 
