@@ -712,6 +712,33 @@ def test_cancelled_recv_loses_nothing(run: Run) -> None:
     run(main())
 
 
+def test_cancelled_async_for_step_loses_nothing(run_any: Run) -> None:
+    """``async for`` waits for a message without recv(): cancelling that wait, or a
+    second reader meanwhile, behaves as with recv()."""
+
+    async def main() -> None:
+        async with ws_pair() as (server_ws, client_ws):
+            iterator = server_ws.__aiter__()
+            task = asyncio.ensure_future(iterator.__anext__())
+            await asyncio.sleep(0)  # let it start waiting
+            with pytest.raises(RuntimeError, match="already running recv"):
+                await server_ws.recv()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await client_ws.send("after cancel")
+            assert await asyncio.wait_for(iterator.__anext__(), TIMEOUT) == "after cancel"
+            task = asyncio.ensure_future(iterator.__anext__())
+            await asyncio.sleep(0)
+            await client_ws.send(b"woken")
+            assert await asyncio.wait_for(task, TIMEOUT) == b"woken"
+            await client_ws.close()
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(iterator.__anext__(), TIMEOUT)
+
+    run_any(main())
+
+
 def test_recv_timeout_then_close(run: Run) -> None:
     """A recv timed out by wait_for leaves the connection usable, and closable."""
 

@@ -476,7 +476,8 @@ class Connection(asyncio.Protocol):
                 # No message will come any more: the connection is closing or closed.
                 if self.protocol.pending_close is not None:
                     self._fail_now()
-                await self._wait_for_close()
+                if not self.connection_lost_waiter.done():
+                    await self._wait_for_close()
                 raise self._closed_exc()
             if self._recv_waiter is not None:
                 raise RuntimeError(
@@ -517,10 +518,26 @@ class Connection(asyncio.Protocol):
     async def __anext__(self) -> Data:
         """The next message, for ``async for`` (one coroutine per message, no async
         generator in between)."""
-        if self._open:
-            messages = self.protocol.messages
-            if messages and not self._paused_reading:
-                return messages.popleft()  # what recv() would do, without its coroutine
+        # The common cases as recv() handles them, without a coroutine for recv() and
+        # without building ConnectionClosedOK at the end; anything else goes to recv().
+        while self._open:
+            protocol = self.protocol
+            messages = protocol.messages
+            if messages:
+                if not self._paused_reading:
+                    return messages.popleft()
+                break
+            if self.connection_lost_waiter.done():
+                if protocol.closed_ok():
+                    raise StopAsyncIteration
+                break
+            if protocol._stopped or self._recv_waiter is not None:
+                break
+            waiter = self._recv_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
         try:
             return await self.recv()
         except ConnectionClosedOK:

@@ -584,6 +584,12 @@ class Protocol:
         self.state = State.CLOSING
         self._out.append(self._frame(OP_CLOSE, close.serialize(), True))
 
+    def closed_ok(self) -> bool:
+        """Whether close frames with 1000/1001/1005 went both ways (see :meth:`closed_exc`)."""
+        rcvd, sent = self.close_rcvd, self.close_sent
+        return (rcvd is not None and sent is not None
+                and rcvd.code in OK_CLOSE_CODES and sent.code in OK_CLOSE_CODES)
+
     def closed_exc(self, lost: BaseException | None = None) -> ConnectionClosed:
         """The exception that tells the application how the connection ended.
 
@@ -595,10 +601,7 @@ class Protocol:
         rcvd, sent = self.close_rcvd, self.close_sent
         code = rcvd.code if rcvd is not None else 1006
         reason = rcvd.reason if rcvd is not None else ""
-        ok = rcvd is not None and sent is not None and (
-            rcvd.code in OK_CLOSE_CODES and sent.code in OK_CLOSE_CODES
-        )
-        cls = ConnectionClosedOK if ok else ConnectionClosedError
+        cls = ConnectionClosedOK if self.closed_ok() else ConnectionClosedError
         exc = cls(
             code, reason,
             sent_code=sent.code if sent is not None else None,
