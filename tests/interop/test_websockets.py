@@ -647,6 +647,9 @@ DEFLATE_SETTINGS = [
 #: messages that exercise context takeover and small windows
 VARIED: list[str | bytes] = [
     REPETITIVE, "short", REPETITIVE, _rng.randbytes(3000), "", REPETITIVE[::-1], b"x" * 70000,
+    # large messages (a compressor of their own) between small ones (context takeover)
+    "short", REPETITIVE[:20000], REPETITIVE[:300], REPETITIVE[5:300], _rng.randbytes(40000),
+    REPETITIVE[:300],
 ]
 
 

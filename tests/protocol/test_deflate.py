@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tether.exceptions import NegotiationError, PayloadTooBig, ProtocolError
 from tether.protocol.connection import Ping, Pong, Protocol, Side, State
 from tether.protocol.deflate import (
+    LARGE_MESSAGE,
     Deflate,
     PerMessageDeflate,
     ServerNegotiator,
@@ -531,6 +532,38 @@ class TestSection7_2Codec:
         # ... so a decoder that resets after each message decodes both.
         decoder = codec(remote_nct=True)
         assert decoder.decode(first, True, None) == decoder.decode(second, True, None)
+
+    @pytest.mark.parametrize("bits", [9, 12, 15])
+    def test_large_messages_get_a_compressor_of_their_own(self, bits: int) -> None:
+        """A whole message of LARGE_MESSAGE bytes or more is compressed apart; the
+        connection's compressor restarts after it; the peer's one continuous stream
+        (plain zlib, with the window negotiated) decodes every message."""
+        rng = random.Random(7692)
+        text = b"".join(b"event %d user %05d ok; " % (i, rng.randrange(10**5))
+                        for i in range(6000))
+        messages = [text[:500], text[:LARGE_MESSAGE], text[100:600], text[:LARGE_MESSAGE - 1],
+                    text[:500], text[1000:], b"", text[:500]]
+        encoder = codec(local_bits=bits)
+        peer = zlib.decompressobj(wbits=-bits)
+        sizes = []
+        for message in messages:
+            data = encoder.encode(message, True)
+            sizes.append(len(data))
+            assert peer.decompress(data + b"\x00\x00\xff\xff") == message
+            # After a large message, nothing is kept; after a small one, the context.
+            assert (encoder._encoder is None) == (len(message) >= LARGE_MESSAGE)
+        # The small message after a large one does not refer to it (a fresh start),
+        # the one after a small one does (context takeover).
+        assert sizes[2] > sizes[4] or bits == 9
+
+    def test_large_last_fragment_uses_the_message_compressor(self) -> None:
+        encoder, decoder = codec(), codec()
+        big = bytes(range(256)) * (LARGE_MESSAGE // 256 + 1)
+        encoded = [encoder.encode(b"start ", False), encoder.encode(big, True)]
+        assert encoder._encoder is not None  # a fragment: the stream goes on
+        decoded = b"".join(decoder.decode(e, i == 1, None) for i, e in enumerate(encoded))
+        assert decoded == b"start " + big
+        assert decoder.decode(encoder.encode(b"next", True), True, None) == b"next"
 
     def test_fragments(self) -> None:
         encoder, decoder = codec(), codec()
