@@ -16,7 +16,8 @@ exchanged a compressed message holds none; with context takeover (the default) t
 then stay for the connection's life (about 29 KiB with the default windows, 12 bits
 for the server's compressor and 11 for the client's, and mem_level 3, measured in
 bench/), and with ``*_no_context_takeover`` they are dropped
-after each message.
+after each message. A whole message of :data:`LARGE_MESSAGE` bytes or more is
+compressed by a compressor of its own with a larger hash table, freed right after.
 """
 
 from __future__ import annotations
