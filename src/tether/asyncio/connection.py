@@ -1,4 +1,4 @@
-"""The asyncio driver of a WebSocket connection: an :class:`asyncio.Protocol` over the core.
+"""The asyncio driver of a WebSocket connection: an asyncio buffered protocol over the core.
 
 Received messages go straight from the core's deque to :meth:`Connection.recv`: a
 message already buffered is returned without creating a future, and a ``recv`` that
@@ -231,7 +231,7 @@ class Connection(asyncio.BufferedProtocol):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.state.name}>"
 
-    # ---------------------------------------------------------- asyncio.Protocol API
+    # --------------------------------------------------- asyncio.BufferedProtocol API
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Called by asyncio when the TCP (or TLS, or Unix) connection is up."""
