@@ -529,8 +529,7 @@ def _serialize_head(response: Response) -> bytes:
     except UnicodeEncodeError:
         raise InvalidHandshake("a response header is not latin-1 text") from None
     if exact:
-        headers._list = None
-        headers._block = block
+        headers._compact_from(block)
     return data
 
 

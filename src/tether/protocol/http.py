@@ -52,6 +52,12 @@ class Headers:
             self._block = "\r\n".join(f"{name}: {value}" for name, value in items)
             self._list = None
 
+    def _compact_from(self, block: str) -> None:
+        """Take ``block``, the compact form of the pairs already built by the caller
+        (the lines of a head just serialised), instead of joining them again."""
+        self._block = block
+        self._list = None
+
     def update(self, items: HeadersLike) -> None:
         """Append headers from a mapping or an iterable of ``(name, value)`` pairs."""
         pairs = items.raw_items() if isinstance(items, Headers) else (
