@@ -162,31 +162,31 @@ done:
 static PyObject *
 parse_simple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    /* parse_simple(data, pos, masked, max_size, append) -> int
+    /* parse_simple(data, pos, masked, max_size, append[, end]) -> int
      *
-     * The hot path of Protocol.receive_data: from ``pos`` in the bytes ``data``, take
-     * every complete frame that is a whole message on its own (FIN set, no RSV bit,
-     * text or binary), masked if and only if ``masked``, of at most ``max_size`` bytes
-     * (-1: no limit), and holding valid UTF-8 if it is text; call ``append`` with each
-     * message (bytes or str). Return the position of the first byte not taken: the
-     * Python code decides about everything else (partial, fragmented, compressed and
-     * control frames, and every error), so it stays the one authority on the protocol.
+     * The hot path of Protocol.receive_data: from ``pos`` in ``data`` (bytes, or any
+     * contiguous buffer: the asyncio driver's reused read buffer) up to ``end``
+     * (default: all of it), take every complete frame that is a whole message on its
+     * own (FIN set, no RSV bit, text or binary), masked if and only if ``masked``, of at
+     * most ``max_size`` bytes (-1: no limit), and holding valid UTF-8 if it is text;
+     * call ``append`` with each message (new bytes or str: nothing refers to ``data``).
+     * Return the position of the first byte not taken: the Python code decides about
+     * everything else (partial, fragmented, compressed and control frames, and every
+     * error), so it stays the one authority on the protocol.
      */
     PyObject *data, *append, *msg, *res;
     Py_ssize_t pos, end, max_size, start;
     uint64_t length;
     int masked;
     const unsigned char *buf;
+    Py_buffer view;
+    int have_view = 0;
 
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "parse_simple takes 5 arguments");
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "parse_simple takes 5 or 6 arguments");
         return NULL;
     }
     data = args[0];
-    if (!PyBytes_Check(data)) {
-        PyErr_SetString(PyExc_TypeError, "data must be bytes");
-        return NULL;
-    }
     pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred()) {
         return NULL;
@@ -200,11 +200,32 @@ parse_simple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     append = args[4];
-    buf = (const unsigned char *)PyBytes_AS_STRING(data);
-    end = PyBytes_GET_SIZE(data);
+    if (PyBytes_Check(data)) {
+        buf = (const unsigned char *)PyBytes_AS_STRING(data);
+        end = PyBytes_GET_SIZE(data);
+    }
+    else {
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        have_view = 1;
+        buf = (const unsigned char *)view.buf;
+        end = view.len;
+    }
+    if (nargs == 6) {
+        Py_ssize_t limit = PyLong_AsSsize_t(args[5]);
+        if (limit == -1 && PyErr_Occurred()) {
+            goto fail;
+        }
+        if (limit < 0 || limit > end) {
+            PyErr_SetString(PyExc_ValueError, "end out of range");
+            goto fail;
+        }
+        end = limit;
+    }
     if (pos < 0 || pos > end) {
         PyErr_SetString(PyExc_ValueError, "pos out of range");
-        return NULL;
+        goto fail;
     }
     while (end - pos >= 2) {
         unsigned char b0 = buf[pos], b1 = buf[pos + 1];
@@ -248,7 +269,7 @@ parse_simple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (b0 == 0x82) {
             msg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
             if (msg == NULL) {
-                return NULL;
+                goto fail;
             }
             if (masked) {
                 xor_mask((unsigned char *)PyBytes_AS_STRING(msg), buf + start,
@@ -267,7 +288,8 @@ parse_simple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (length > sizeof(small)) {
                 tmp = PyMem_Malloc((size_t)length);
                 if (tmp == NULL) {
-                    return PyErr_NoMemory();
+                    PyErr_NoMemory();
+                    goto fail;
                 }
             }
             xor_mask(tmp, buf + start, (Py_ssize_t)length, buf + start - 4, 0);
@@ -281,17 +303,26 @@ parse_simple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 PyErr_Clear();  /* invalid UTF-8: the Python code fails the connection */
                 break;
             }
-            return NULL;
+            goto fail;
         }
         res = PyObject_CallOneArg(append, msg);
         Py_DECREF(msg);
         if (res == NULL) {
-            return NULL;
+            goto fail;
         }
         Py_DECREF(res);
         pos = start + (Py_ssize_t)length;
     }
+    if (have_view) {
+        PyBuffer_Release(&view);
+    }
     return PyLong_FromSsize_t(pos);
+
+fail:
+    if (have_view) {
+        PyBuffer_Release(&view);
+    }
+    return NULL;
 }
 
 
@@ -510,9 +541,9 @@ static PyMethodDef speedups_methods[] = {
      "parse_head(head, response) -> (a, b, version, items) or None: a plain HTTP/1.x "
      "request head, or a 101 response head, split into parts."},
     {"parse_simple", (PyCFunction)(void (*)(void))parse_simple, METH_FASTCALL,
-     "parse_simple(data, pos, masked, max_size, append) -> int: take whole unfragmented "
-     "text/binary frames from data[pos:], call append with each message, return where "
-     "the first frame left to the Python code starts."},
+     "parse_simple(data, pos, masked, max_size, append[, end]) -> int: take whole "
+     "unfragmented text/binary frames from data[pos:end] (bytes or a buffer), call append "
+     "with each message, return where the first frame left to the Python code starts."},
     {"unmask_join", unmask_join, METH_VARARGS,
      "unmask_join(parts, mask) -> bytes: join the buffers, XOR with the mask as one payload."},
     {"apply_mask", apply_mask, METH_VARARGS,

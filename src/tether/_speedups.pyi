@@ -6,7 +6,13 @@ def apply_mask(
 ) -> bytes: ...
 def unmask_join(parts: Sequence[bytes | bytearray | memoryview], mask: bytes, /) -> bytes: ...
 def parse_simple(
-    data: bytes, pos: int, masked: bool, max_size: int, append: Callable[[Any], None], /
+    data: bytes | bytearray | memoryview,
+    pos: int,
+    masked: bool,
+    max_size: int,
+    append: Callable[[Any], None],
+    end: int = ...,
+    /,
 ) -> int: ...
 def parse_head(
     head: bytes, response: bool, /

@@ -120,6 +120,48 @@ def test_recv_decode(run: Run, side: str) -> None:
     run(main())
 
 
+def test_messages_from_large_reads_are_intact_across_connections(run_any: Run) -> None:
+    """Large reads are parsed in the thread's shared read buffer: messages taken from it
+    stay intact while three connections of one loop read into it in turn, both ways."""
+    sizes = [20_000, 7, 70_000, 300_000, 125, 16_384, 40_000, 1_000]
+
+    def message(conn: int, side: int, i: int) -> bytes | str:
+        size = sizes[i % len(sizes)]
+        seed = bytes([conn, side, i % 256]) + uuid.uuid4().bytes
+        body = (seed * (size // len(seed) + 1))[:size]
+        return body.hex()[:size] if i % 3 == 0 else body
+
+    async def exchange(pair: tuple[tether.ServerConnection, tether.ClientConnection],
+                       conn: int) -> None:
+        server_ws, client_ws = pair
+        sent: dict[int, list[bytes | str]] = {0: [], 1: []}
+
+        async def send(side: int, ws: tether.Connection) -> None:
+            for i in range(40):
+                sent[side].append(message(conn, side, i))
+                await ws.send(sent[side][-1])
+
+        async def receive(side: int, ws: tether.Connection) -> None:
+            for i in range(40):
+                got = await asyncio.wait_for(ws.recv(), TIMEOUT)
+                assert got == sent[side][i], f"connection {conn}, side {side}, message {i}"
+
+        await asyncio.gather(
+            send(0, client_ws), send(1, server_ws), receive(0, server_ws), receive(1, client_ws)
+        )
+
+    async def main() -> None:
+        options = {"compression": None, "max_size": None}
+        async with (
+            ws_pair(options, options) as a,
+            ws_pair(options, options) as b,
+            ws_pair(options, options) as c,
+        ):
+            await asyncio.gather(exchange(a, 0), exchange(b, 1), exchange(c, 2))
+
+    run_any(main())
+
+
 def test_send_rejects_a_non_message(run: Run) -> None:
     async def main() -> None:
         async with ws_pair() as (server_ws, client_ws):

@@ -152,11 +152,36 @@ def test_parse_simple_takes_whole_simple_frames_only() -> None:
     assert len(got) == 2
 
 
+def test_parse_simple_reads_buffers_up_to_end() -> None:
+    data = frame(0x82, b"a" * 300, True) + frame(0x81, b"text", True) + frame(0x82, b"z", True)
+    first_two = len(frame(0x82, b"a" * 300, True) + frame(0x81, b"text", True))
+    buffer = bytearray(data + b"\x00" * 100)  # a reused read buffer: bytes after the read
+    for source in (buffer, memoryview(buffer), bytes(buffer)):
+        got: list[Any] = []
+        assert speedups.parse_simple(source, 0, True, -1, got.append, len(data)) == len(data)
+        assert got == [b"a" * 300, "text", b"z"]
+        got.clear()
+        # ``end`` cuts the last frame short: it is left to the caller.
+        assert speedups.parse_simple(source, 0, True, -1, got.append, len(data) - 1) == first_two
+        assert got == [b"a" * 300, "text"]
+    # The messages are copies: reading into the buffer again changes none of them.
+    got = []
+    speedups.parse_simple(buffer, 0, True, -1, got.append, len(data))
+    buffer[:] = bytes(len(buffer))
+    assert got == [b"a" * 300, "text", b"z"]
+
+
 def test_parse_simple_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError):
-        speedups.parse_simple(bytearray(b"\x82\x00"), 0, False, -1, print)  # type: ignore[arg-type]
+        speedups.parse_simple("\x82\x00", 0, False, -1, print)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         speedups.parse_simple(b"\x82\x00", 3, False, -1, print)
+    with pytest.raises(ValueError, match="end out of range"):
+        speedups.parse_simple(b"\x82\x00", 0, False, -1, print, 3)
+    with pytest.raises(ValueError, match="end out of range"):
+        speedups.parse_simple(memoryview(b"\x82\x00"), 0, False, -1, print, -1)
+    with pytest.raises(ValueError, match="pos out of range"):
+        speedups.parse_simple(bytearray(b"\x82\x00"), 2, False, -1, print, 1)
     with pytest.raises(TypeError):
         speedups.parse_simple(b"\x82\x00", 0, False)  # type: ignore[call-arg]
 
@@ -165,3 +190,59 @@ def test_parse_simple_rejects_bad_arguments() -> None:
 
     with pytest.raises(RuntimeError, match="append failed"):
         speedups.parse_simple(b"\x82\x00", 0, False, -1, boom)
+
+
+def buffered_outcome(
+    side: Side, max_size: int | None, chunks: list[bytes], fast: Any
+) -> dict[str, Any]:
+    """What a Protocol fed through ``receive_buffer`` decides: each chunk is read into one
+    reused buffer (as the asyncio driver does), which is scribbled over after each call."""
+    with implementation(fast):
+        proto = Protocol(side, max_size=max_size)
+        buffer = memoryview(bytearray(max((len(c) for c in chunks), default=0) + 16))
+        for chunk in chunks:
+            buffer[: len(chunk)] = chunk
+            proto.receive_buffer(buffer, len(chunk))
+            buffer[:] = b"\xaa" * len(buffer)
+        return {
+            "messages": list(proto.messages),
+            "events": [repr(event) for event in proto.events],
+            "exc": None if proto.exc is None else (type(proto.exc), proto.exc.code),
+            "close_rcvd": proto.close_rcvd,
+            "state": proto.state,
+        }
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    side=st.sampled_from(SIDES),
+    frames=st.lists(st.tuples(b0s, st.booleans(), payloads), min_size=1, max_size=10),
+    seed=st.integers(0, 2**32),
+    max_size=st.sampled_from([None, 16, 65536]),
+)
+def test_receive_buffer_decides_as_receive_data(
+    side: Side, frames: list[tuple[int, bool, bytes]], seed: int, max_size: int | None
+) -> None:
+    right = side is Side.SERVER
+    data = b"".join(frame(b0, p, right if ok or b0 & 0x0F > 2 else not right)
+                    for b0, ok, p in frames)
+    rnd = random.Random(seed)
+    chunks = []
+    pos = 0
+    while pos < len(data):
+        n = rnd.choice((1, 3, 64, 1000, 70000))
+        chunks.append(data[pos : pos + n])
+        pos += n
+    with implementation(None):
+        reference = Protocol(side, max_size=max_size)
+        for chunk in chunks:
+            reference.receive_data(chunk)
+    expected = {
+        "messages": list(reference.messages),
+        "events": [repr(event) for event in reference.events],
+        "exc": None if reference.exc is None else (type(reference.exc), reference.exc.code),
+        "close_rcvd": reference.close_rcvd,
+        "state": reference.state,
+    }
+    assert buffered_outcome(side, max_size, chunks, speedups.parse_simple) == expected
+    assert buffered_outcome(side, max_size, chunks, None) == expected

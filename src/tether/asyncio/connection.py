@@ -48,6 +48,8 @@ _OPCODE_NAMES = {0: "CONT", 1: "TEXT", 2: "BINARY", 8: "CLOSE", 9: "PING", 10: "
 
 #: Bytes asyncio may read at once into the buffer below (its own recv size).
 READ_SIZE = 256 * 1024
+#: Reads of at least this many bytes are parsed in the buffer, not copied out first.
+_DIRECT_READ = 16 * 1024
 _read_buffers = threading.local()
 
 
@@ -56,7 +58,8 @@ def _read_buffer() -> memoryview:
 
     asyncio reads into it (``recv_into``) and :meth:`Connection.buffer_updated` copies
     the bytes out at once, before anything else runs in the thread: one buffer serves
-    every connection. Plain ``recv(256 KiB)`` instead allocates 256 KiB per read and
+    every connection (a large read is parsed in place, see ``Protocol.receive_buffer``:
+    what is kept is copied). Plain ``recv(256 KiB)`` instead allocates 256 KiB per read and
     shrinks it to what came, which glibc may serve with mmap, mremap and munmap, three
     system calls per read (a third of a small round trip's server CPU, seen in bench/).
     """
@@ -275,16 +278,26 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         """Called by asyncio once ``nbytes`` were read into the buffer."""
-        self.data_received(self._rbuf[:nbytes].tobytes())
+        if nbytes < _DIRECT_READ or not self._open:
+            self.data_received(self._rbuf[:nbytes].tobytes())
+            return
+        # A large read: whole messages are parsed straight out of the shared buffer,
+        # without copying the read first (nothing keeps a reference to the buffer).
+        self.protocol.receive_buffer(self._rbuf, nbytes)
+        self._received()
 
     def data_received(self, data: bytes) -> None:
-        """Bytes from the network (what :meth:`buffer_updated` hands on)."""
-        # One method for both phases: uvloop looks data_received up only once.
+        """Bytes from the network (bytes that came with the handshake, for one)."""
         if not self._open:
             self._handshake_received(data)
             return
+        self.protocol.receive_data(data)
+        self._received()
+
+    def _received(self) -> None:
+        """After the protocol took bytes: act on its events, wake ``recv``, apply
+        backpressure, write what it wants written."""
         protocol = self.protocol
-        protocol.receive_data(data)
         if protocol.events:
             self._handle_events()
         messages = protocol.messages

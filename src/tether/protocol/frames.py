@@ -95,7 +95,19 @@ class _ApplyMask(TypingProtocol):
 
 #: The C hot path of ``Protocol.receive_data`` (whole unfragmented text and binary
 #: frames), or ``None``: its pure-Python twin is the general frame loop there.
-ParseSimple = Callable[[bytes, int, bool, int, Callable[[Any], None]], int]
+class ParseSimple(TypingProtocol):
+    def __call__(
+        self,
+        data: bytes | bytearray | memoryview,
+        pos: int,
+        masked: bool,
+        max_size: int,
+        append: Callable[[Any], None],
+        end: int = ...,
+        /,
+    ) -> int: ...
+
+
 parse_simple: ParseSimple | None = None
 
 apply_mask: _ApplyMask = apply_mask_py
