@@ -685,6 +685,28 @@ def test_redirect_from_ws_to_wss(run: Run, certificate: Certificate) -> None:
     run(main())
 
 
+def test_wss_large_messages(run_any: Run, certificate: Certificate) -> None:
+    """Over TLS, decrypted bytes reach the connection's read buffer in pieces of the TLS
+    layer's choosing; messages of every size still arrive whole and intact."""
+
+    async def main() -> None:
+        options = {"compression": None, "max_size": None}
+        async with (
+            echo_server(ssl=certificate.server_context(), **options) as server,
+            tether.connect(f"wss://localhost:{server.port}/",
+                           ssl=certificate.client_context(), **options) as ws,
+        ):
+            for size in (16_384, 70_000, 1_000_000, 5, 300_000, 20_000):
+                message = uuid.uuid4().bytes * (size // 16) + bytes(size % 16)
+                await ws.send(message)
+                assert await asyncio.wait_for(ws.recv(), TIMEOUT) == message
+            text = "wss ✓ " * 20_000
+            await ws.send(text)
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == text
+
+    run_any(main())
+
+
 def test_redirect_with_sock_cannot_be_followed(run: Run) -> None:
     async def main() -> None:
         async with echo_server(process_request=redirecting({"/": "/new"})) as server:
