@@ -628,8 +628,10 @@ class Connection(asyncio.BufferedProtocol):
                 # More received messages are waiting: this is likely one reply of a
                 # burst. Write the burst's frames together, one system call.
                 self._cork(head)
+            elif self._wbuf:
+                self._write(head)  # after the frames corked before it
             else:
-                self._write(head)
+                self.transport.write(head)  # type: ignore[union-attr]  # open: set
             if self._paused_writing:
                 await self._drain()
             return
