@@ -71,6 +71,25 @@ def frame(b0: int, payload: bytes, masked: bool) -> bytes:
     return f.serialize(MASK if masked else None)
 
 
+def random_stream(
+    side: Side, frames: list[tuple[int, bool, bytes]], seed: int, sizes: tuple[int, ...]
+) -> list[bytes]:
+    """The frames serialised, cut into chunks of random sizes from ``sizes``. Mostly
+    rightly masked for ``side`` (``ok``, and control frames), so that most frames get
+    past the mask check."""
+    right = side is Side.SERVER
+    data = b"".join(frame(b0, p, right if ok or b0 & 0x0F > 2 else not right)
+                    for b0, ok, p in frames)
+    rnd = random.Random(seed)
+    chunks = []
+    pos = 0
+    while pos < len(data):
+        n = rnd.choice(sizes)
+        chunks.append(data[pos : pos + n])
+        pos += n
+    return chunks
+
+
 b0s = st.sampled_from([0x81, 0x82, 0x81, 0x82, 0x01, 0x02, 0x00, 0x80, 0x88, 0x89, 0x8A, 0xC1])
 payloads = st.one_of(
     st.binary(max_size=40),
@@ -90,17 +109,7 @@ payloads = st.one_of(
 def test_random_frames_and_chunking(
     side: Side, frames: list[tuple[int, bool, bytes]], seed: int, max_size: int | None
 ) -> None:
-    # Mostly rightly masked, so that most frames get past the mask check.
-    right = side is Side.SERVER
-    data = b"".join(frame(b0, p, right if ok or b0 & 0x0F > 2 else not right)
-                    for b0, ok, p in frames)
-    rnd = random.Random(seed)
-    chunks = []
-    pos = 0
-    while pos < len(data):
-        n = rnd.choice((1, 2, 7, 64, 1000, 70000, 200000))
-        chunks.append(data[pos : pos + n])
-        pos += n
+    chunks = random_stream(side, frames, seed, (1, 2, 7, 64, 1000, 70000, 200000))
     assert_twins(side, max_size, chunks)
 
 
@@ -204,13 +213,18 @@ def buffered_outcome(
             buffer[: len(chunk)] = chunk
             proto.receive_buffer(buffer, len(chunk))
             buffer[:] = b"\xaa" * len(buffer)
-        return {
-            "messages": list(proto.messages),
-            "events": [repr(event) for event in proto.events],
-            "exc": None if proto.exc is None else (type(proto.exc), proto.exc.code),
-            "close_rcvd": proto.close_rcvd,
-            "state": proto.state,
-        }
+        return decisions(proto)
+
+
+def decisions(proto: Protocol) -> dict[str, Any]:
+    """What a Protocol made of its input: messages, events, error, close, state."""
+    return {
+        "messages": list(proto.messages),
+        "events": [repr(event) for event in proto.events],
+        "exc": None if proto.exc is None else (type(proto.exc), proto.exc.code),
+        "close_rcvd": proto.close_rcvd,
+        "state": proto.state,
+    }
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -223,26 +237,11 @@ def buffered_outcome(
 def test_receive_buffer_decides_as_receive_data(
     side: Side, frames: list[tuple[int, bool, bytes]], seed: int, max_size: int | None
 ) -> None:
-    right = side is Side.SERVER
-    data = b"".join(frame(b0, p, right if ok or b0 & 0x0F > 2 else not right)
-                    for b0, ok, p in frames)
-    rnd = random.Random(seed)
-    chunks = []
-    pos = 0
-    while pos < len(data):
-        n = rnd.choice((1, 3, 64, 1000, 70000))
-        chunks.append(data[pos : pos + n])
-        pos += n
+    chunks = random_stream(side, frames, seed, (1, 3, 64, 1000, 70000))
     with implementation(None):
         reference = Protocol(side, max_size=max_size)
         for chunk in chunks:
             reference.receive_data(chunk)
-    expected = {
-        "messages": list(reference.messages),
-        "events": [repr(event) for event in reference.events],
-        "exc": None if reference.exc is None else (type(reference.exc), reference.exc.code),
-        "close_rcvd": reference.close_rcvd,
-        "state": reference.state,
-    }
+    expected = decisions(reference)
     assert buffered_outcome(side, max_size, chunks, speedups.parse_simple) == expected
     assert buffered_outcome(side, max_size, chunks, None) == expected
